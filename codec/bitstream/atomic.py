@@ -1,0 +1,42 @@
+"""All-or-nothing binary output: a temporary file renamed into place only on success."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[BinaryIO]:
+    """Yield a binary file; on normal exit it becomes ``path`` ('-' = copied to stdout).
+
+    The temporary file lives in the destination folder (same filesystem, so the final
+    ``os.replace`` is atomic), or in $TMPDIR for stdout. On any exception it is deleted and
+    nothing reaches the destination.
+    """
+    folder = None if path == "-" else os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".codec-", suffix=".tmp", dir=folder)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        if path == "-":
+            with open(tmp, "rb") as src:
+                shutil.copyfileobj(src, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,103 @@
+"""Glue between a Codec model and the container: streaming encode, exact decode.
+
+Codes go in as the model emits them (``model.streaming()``), so encoding holds only one
+audio block and a few frames in memory. Decoding runs the model offline on up to
+``DECODE_BLOCK_FRAMES`` frames at once (bit-exact with ``model.decode``) and switches to
+the model's streaming decoder in blocks of that size for longer files (equal up to float
+rounding, memory bounded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from codec.bitstream.container import DEFAULT_BLOCK_FRAMES, BitstreamWriter, Parsed, decode_codes
+from codec.bitstream.errors import BitstreamError
+from codec.bitstream.header import MODE_FIXED, MODE_RANGE, Header
+from codec.bitstream.priors import Priors
+
+DECODE_BLOCK_FRAMES = 3000  # 60 s at 50 frames/s
+
+
+def make_header(model, num_stages: int, priors: Priors | None = None,
+                block_frames: int = DEFAULT_BLOCK_FRAMES) -> Header:
+    """Header for ``model`` using its first ``num_stages`` stages; range-coded when priors are given."""
+    fp = model.fingerprint()
+    sizes = tuple(model.codebook_sizes[:num_stages])
+    if priors is None:
+        return Header(MODE_FIXED, model.sample_rate, model.hop_length, sizes, fp)
+    if priors.fingerprint != fp or priors.codebook_sizes[:num_stages] != sizes:
+        raise BitstreamError("the entropy priors belong to a different model; run `codec priors` again")
+    return Header(MODE_RANGE, model.sample_rate, model.hop_length, sizes, fp, block_frames, priors.id)
+
+
+def check_model(header: Header, model) -> None:
+    """Raise BitstreamError unless the file was written by this very model."""
+    fp = model.fingerprint()
+    if header.fingerprint != fp:
+        raise BitstreamError(
+            f"file was made by another model (fingerprint {header.fingerprint.hex()[:12]}...,"
+            f" this model is {fp.hex()[:12]}...)"
+        )
+    if (header.sample_rate, header.hop_length) != (model.sample_rate, model.hop_length) or \
+            header.codebook_sizes != tuple(model.codebook_sizes[: header.num_stages]):
+        raise BitstreamError("file header disagrees with the model's rate, hop or codebook sizes")
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    num_samples: int
+    num_frames: int
+    file_size: int
+
+
+def encode_stream(model, blocks: Iterable[np.ndarray], out: BinaryIO, header: Header,
+                  priors: Priors | None = None) -> EncodeResult:
+    """Encode mono float32 blocks [L] at model.sample_rate into ``out``, frame by frame."""
+    writer = BitstreamWriter(out, header, priors)
+    n_q, num_samples = header.num_stages, 0
+    with torch.inference_mode(), model.streaming():
+        for block in blocks:
+            num_samples += len(block)
+            codes = model.encode(torch.from_numpy(block)[None, None], n_q=n_q)
+            writer.write(codes[0].cpu().numpy())
+        writer.write(model.flush(n_q=n_q)[0].cpu().numpy())
+    size = writer.finish(num_samples)
+    return EncodeResult(num_samples, writer.num_frames, size)
+
+
+def decode_blocks(model, parsed: Parsed, priors: Priors | None = None,
+                  block_frames: int = DECODE_BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    """Yield float32 audio blocks [L] (model.sample_rate), trimmed to the stored sample count."""
+    check_model(parsed.header, model)
+    codes = torch.from_numpy(decode_codes(parsed, priors))[None]  # [1, N, F]
+    remaining = parsed.trailer.num_samples
+    with torch.inference_mode():
+        if codes.shape[-1] <= block_frames:
+            yield model.decode(codes)[0, 0, :remaining].cpu().numpy()
+            return
+        with model.streaming():
+            for start in range(0, codes.shape[-1], block_frames):
+                wav = model.decode(codes[..., start : start + block_frames])[0, 0, :remaining]
+                remaining -= wav.shape[-1]
+                yield wav.cpu().numpy()
+
+
+def decode_audio(model, parsed: Parsed, priors: Priors | None = None) -> np.ndarray:
+    """The whole decoded signal, float32 [num_samples]; equals model.decode(codes) exactly."""
+    return np.concatenate(list(decode_blocks(model, parsed, priors, block_frames=1 << 62)))
+
+
+def stages_for_bitrate(model, bits_per_second: float) -> int:
+    """Most stages whose nominal bitrate stays within ``bits_per_second``."""
+    fitting = [n for n in range(1, model.num_stages + 1) if model.bitrate(n) <= bits_per_second * (1 + 1e-9)]
+    if not fitting:
+        raise ValueError(
+            f"bitrate {bits_per_second:g} bit/s is below the model's lowest ({model.bitrate(1):g} bit/s, 1 stage)"
+        )
+    return max(fitting)

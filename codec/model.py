@@ -1,0 +1,232 @@
+"""Codec = causal Encoder + ResidualQuantizer + causal Decoder, with the user-facing contract:
+encode / decode (offline or streaming), bitrate accounting, and safetensors persistence."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from codec.config import ConfigError, ModelConfig, load_recipe
+from codec.nn.seanet import Decoder, Encoder
+from codec.nn.streaming import set_streaming
+from codec.quant.residual import ResidualQuantizer
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class CodecOutput:
+    """What the training forward returns.
+
+    audio: float [B, 1, T] reconstruction, same length as the input; codes: int64 [B, n, F];
+    quantizer_loss: scalar, the sum of the stages' auxiliary losses; stage_losses: [n];
+    counts: per stage [K_i] code counts over active positions; n_q: [B] stages per item.
+    """
+
+    audio: Tensor
+    codes: Tensor
+    quantizer_loss: Tensor
+    stage_losses: Tensor
+    counts: list[Tensor]
+    n_q: Tensor
+
+
+class Codec(nn.Module):
+    """The neural speech codec. Build it with ``Codec.from_config(recipe)`` or load it with
+    ``Codec.from_pretrained(dir)``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        shape = dict(
+            channels=cfg.channels,
+            latent_dim=cfg.latent_dim,
+            strides=cfg.strides,
+            dilations=cfg.dilations,
+            kernel_size=cfg.kernel_size,
+            residual_kernel_size=cfg.residual_kernel_size,
+            norm=cfg.norm,
+        )
+        self.encoder = Encoder(**shape)
+        self.decoder = Decoder(**shape)
+        self.quantizer = ResidualQuantizer(cfg.latent_dim, cfg.quantizer)
+        self._stream_samples: int | None = None
+        self._stream_batch = 1
+
+    # ----- construction and persistence -------------------------------------------------
+    @classmethod
+    def from_config(cls, recipe: str | Path | dict) -> "Codec":
+        """A freshly initialised model from a recipe path (YAML) or a recipe / model dict."""
+        data = recipe if isinstance(recipe, dict) else load_recipe(recipe)
+        return cls(ModelConfig.from_dict(data))
+
+    @property
+    def config(self) -> dict:
+        """The model configuration as a JSON-serialisable dict."""
+        return self.cfg.to_dict()
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = directory / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp))
+        tmp.replace(directory / WEIGHTS_NAME)
+        (directory / CONFIG_NAME).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Codec":
+        """Load a model saved by ``save_pretrained``; returned in eval mode."""
+        directory = Path(directory)
+        cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not cfg_path.is_file() or not weights_path.is_file():
+            raise ConfigError(f"{directory} is not a saved model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read {cfg_path}: {exc}") from None
+        model = cls(ModelConfig.from_dict(cfg))
+        model.load_state_dict(load_file(str(weights_path), device=str(device)))
+        return model.to(device).eval()
+
+    def fingerprint(self) -> bytes:
+        """16-byte hash of the configuration and every weight and buffer, in key order."""
+        h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
+        for key, value in sorted(self.state_dict().items()):
+            t = value.detach().cpu().contiguous().reshape(-1)  # 0-dim tensors cannot be byte-viewed
+            h.update(f"{key}:{t.dtype}:{tuple(value.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.digest()[:16]
+
+    # ----- rates ------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return int(self.cfg.sample_rate)
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per frame (product of the strides)."""
+        return int(math.prod(self.cfg.strides))
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def num_stages(self) -> int:
+        return self.quantizer.num_stages
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return self.quantizer.codebook_sizes
+
+    def bitrate(self, n_q: int | None = None) -> float:
+        """Nominal bits per second with the first n_q stages: frame_rate * sum log2 K_i."""
+        n = self.quantizer._check_n_q(n_q)
+        return self.frame_rate * sum(math.log2(k) for k in self.codebook_sizes[:n])
+
+    # ----- inference --------------------------------------------------------------------
+    def _pad(self, wav: Tensor) -> Tensor:
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ValueError(f"expected audio of shape [B, 1, T], got {tuple(wav.shape)}")
+        extra = (-wav.shape[-1]) % self.hop_length
+        return nn.functional.pad(wav, (0, extra)) if extra else wav
+
+    @torch.no_grad()
+    def encode(self, wav: Tensor, n_q: int | None = None) -> Tensor:
+        """Audio float [B, 1, T] at ``sample_rate`` -> codes int64 [B, n_q, ceil(T / hop)].
+
+        Inside ``streaming()``, ``wav`` is the next chunk (any length) and the result holds the
+        frames it completed ([B, n_q, 0] if none); ``flush()`` returns the last partial frame.
+
+        The encoder and the code search run in float64 here: fp32 convolutions round
+        differently for different input lengths (chunked vs whole), and a 1-ulp change can
+        flip a near-tie; in fp64 such flips need a 1e-16 tie, so streamed codes equal offline
+        codes.
+        """
+        if self._stream_samples is None:
+            with parametrize.cached():
+                return self.quantizer.encode(self.encoder(self._pad(wav).double()), n_q)
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ValueError(f"expected audio of shape [B, 1, L], got {tuple(wav.shape)}")
+        self._stream_samples += wav.shape[-1]
+        self._stream_batch = wav.shape[0]
+        z = self.encoder(wav.double())
+        if z.shape[-1] == 0:
+            n = self.quantizer._check_n_q(n_q)
+            return torch.zeros(wav.shape[0], n, 0, dtype=torch.long, device=wav.device)
+        return self.quantizer.encode(z, n_q)
+
+    @torch.no_grad()
+    def flush(self, n_q: int | None = None) -> Tensor:
+        """In streaming mode: zero-pad the pending samples to a whole frame and return its
+        codes, int64 [B, n_q, 1], or [B, n_q, 0] when nothing is pending."""
+        if self._stream_samples is None:
+            raise RuntimeError("flush() is only meaningful inside model.streaming()")
+        pending = (-self._stream_samples) % self.hop_length
+        device = next(self.parameters()).device
+        if pending == 0:
+            n = self.quantizer._check_n_q(n_q)
+            return torch.zeros(self._stream_batch, n, 0, dtype=torch.long, device=device)
+        return self.encode(torch.zeros(self._stream_batch, 1, pending, device=device), n_q)
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes int64 [B, n, F] (n <= num_stages) -> audio float [B, 1, F * hop].
+
+        Inside ``streaming()`` frames may come in any grouping, one at a time included.
+        """
+        if codes.dim() != 3:
+            raise ValueError(f"expected codes of shape [B, n, F], got {tuple(codes.shape)}")
+        if codes.shape[-1] == 0:
+            return torch.zeros(codes.shape[0], 1, 0, device=codes.device)
+        with parametrize.cached():
+            return self.decoder(self.quantizer.decode(codes))
+
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator["Codec"]:
+        """Within the block, encode / decode take consecutive chunks of one stream; the
+        result concatenated equals the offline result (codes exactly, audio within float
+        rounding). Each layer keeps only the left context it needs."""
+        set_streaming(self.encoder, True)
+        set_streaming(self.decoder, True)
+        self._stream_samples = 0
+        try:
+            # Weight-norm weights are computed once for the whole stream, not once per chunk.
+            with parametrize.cached():
+                yield self
+        finally:
+            set_streaming(self.encoder, False)
+            set_streaming(self.decoder, False)
+            self._stream_samples = None
+
+    # ----- training ---------------------------------------------------------------------
+    def forward(self, wav: Tensor, n_q: int | None = None) -> CodecOutput:
+        """Training / validation pass: audio float [B, 1, T] -> CodecOutput with the
+        reconstruction trimmed to T samples. In training mode quantizer dropout applies
+        unless ``n_q`` is given."""
+        length = wav.shape[-1]
+        z = self.encoder(self._pad(wav))
+        q = self.quantizer(z, n_q=n_q)
+        audio = self.decoder(q.quantized)[..., :length]
+        return CodecOutput(
+            audio=audio,
+            codes=q.codes,
+            quantizer_loss=q.loss,
+            stage_losses=q.stage_losses,
+            counts=q.counts,
+            n_q=q.n_q,
+        )

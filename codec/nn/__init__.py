@@ -1,0 +1,1 @@
+"""Streamable causal layers and the encoder / decoder stacks."""

@@ -1,0 +1,82 @@
+"""SEANet-style causal encoder and decoder stacks (residual units, strided re-sampling)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from codec.nn.conv import CausalConv1d, CausalUpsample
+
+
+class ResidualUnit(nn.Module):
+    """x + conv1x1(ELU(dilated conv(ELU(x)))), causal; [B, C, T] -> [B, C, T]."""
+
+    def __init__(self, channels: int, dilation: int, kernel_size: int = 3, norm: str = "weight_norm") -> None:
+        super().__init__()
+        hidden = max(channels // 2, 1)
+        self.block = nn.Sequential(
+            nn.ELU(),
+            CausalConv1d(channels, hidden, kernel_size, dilation=dilation, norm=norm),
+            nn.ELU(),
+            CausalConv1d(hidden, channels, 1, norm=norm),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
+class Encoder(nn.Module):
+    """Waveform float [B, 1, T] (T a multiple of prod(strides)) -> latents [B, latent_dim, T / hop].
+
+    Channels double after every down-sampling step; strides are applied in the given order.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        latent_dim: int,
+        strides: Sequence[int],
+        dilations: Sequence[int] = (1, 3, 9),
+        kernel_size: int = 7,
+        residual_kernel_size: int = 3,
+        norm: str = "weight_norm",
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [CausalConv1d(1, channels, kernel_size, norm=norm)]
+        ch = channels
+        for s in strides:
+            layers += [ResidualUnit(ch, d, residual_kernel_size, norm) for d in dilations]
+            layers += [nn.ELU(), CausalConv1d(ch, ch * 2, 2 * s, stride=s, norm=norm)]
+            ch *= 2
+        layers += [nn.ELU(), CausalConv1d(ch, latent_dim, 3, norm=norm)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """Latents float [B, latent_dim, F] -> waveform [B, 1, F * hop]; mirror of the Encoder."""
+
+    def __init__(
+        self,
+        channels: int,
+        latent_dim: int,
+        strides: Sequence[int],
+        dilations: Sequence[int] = (1, 3, 9),
+        kernel_size: int = 7,
+        residual_kernel_size: int = 3,
+        norm: str = "weight_norm",
+    ) -> None:
+        super().__init__()
+        ch = channels * 2 ** len(strides)
+        layers: list[nn.Module] = [CausalConv1d(latent_dim, ch, kernel_size, norm=norm)]
+        for s in reversed(strides):
+            layers += [nn.ELU(), CausalUpsample(ch, ch // 2, s, norm=norm)]
+            ch //= 2
+            layers += [ResidualUnit(ch, d, residual_kernel_size, norm) for d in dilations]
+        layers += [nn.ELU(), CausalConv1d(ch, 1, kernel_size, norm=norm)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)

@@ -1,0 +1,104 @@
+"""The one interface every quantizer kind implements (see QUANTIZERS.md).
+
+A quantizer works on flattened latents ``x`` of shape ``[N, d]`` (N vectors of dimension d).
+The residual stack (``residual.py``) does the flattening, the per-stage projections and the
+gradient wiring between stages; a quantizer only knows its own codebook.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from codec.quant.search import nearest
+
+
+@dataclass
+class QuantizerOutput:
+    """What a quantizer's training-path ``forward`` returns.
+
+    quantized: [N, d] float, the output value with the kind's own gradient rule
+        (in eval mode: exactly ``codeword``).
+    codes: [N] int64 indices in [0, codebook_size).
+    codeword: [N, d] float, the point this stage contributes to the residual chain: the exact
+        codebook lookup (for SF-DiVeQ in training, the dithered point). It keeps the autograd
+        graph to the codebook parameters (if any), so the residual stack can route gradients.
+    loss: scalar float, the kind's auxiliary loss (0 for DiVeQ / SF-DiVeQ), averaged over the
+        active rows.
+    """
+
+    quantized: Tensor
+    codes: Tensor
+    codeword: Tensor
+    loss: Tensor
+
+
+class Quantizer(nn.Module):
+    """Base class: a codebook of ``codebook_size`` symbols in ``dim`` dimensions.
+
+    Subclasses implement ``codebook()`` (the effective [K, d] codewords used for search and
+    lookup) and ``forward`` (the training path). ``encode`` / ``decode`` are shared and pure:
+    no noise, no state change, so ``decode(encode(x))`` equals the eval-mode forward exactly.
+    """
+
+    #: True for kinds whose codeword should keep its Parameter gradient when the residual stack
+    #: builds one global DiVeQ over the total (QUANTIZERS.md section 7).
+    differentiable_codeword: bool = False
+
+    def __init__(self, dim: int, codebook_size: int) -> None:
+        super().__init__()
+        if dim < 1 or codebook_size < 2:
+            raise ValueError(f"need dim >= 1 and codebook_size >= 2, got {dim}, {codebook_size}")
+        self.dim = dim
+        self.codebook_size = codebook_size
+
+    def codebook(self) -> Tensor:
+        """The effective codewords, float [codebook_size, dim]."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Hard nearest-neighbour indices: x float [N, dim] -> int64 [N]. Deterministic."""
+        return nearest(x, self.codebook())
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """Look codes up: int64 [N] -> float [N, dim]."""
+        return self.codebook()[codes]
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """Like ``decode`` but keeps the autograd graph to the codebook: int64 [N] -> [N, dim]."""
+        return self.codebook()[codes]
+
+    def eval_output(self, x: Tensor) -> QuantizerOutput:
+        """The inference contract: index and exact lookup, no noise, no state change."""
+        with torch.no_grad():
+            book = self.codebook()
+            codes = nearest(x, book)
+            c = book[codes]
+        return QuantizerOutput(quantized=c, codes=codes, codeword=c, loss=x.new_zeros(()))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
+        """Training path. x: float [N, dim]; mask: bool [N], rows that count (None = all).
+
+        Rows outside ``mask`` are still quantized (so shapes stay fixed) but add nothing to the
+        loss, to statistics or to codebook updates. In eval mode this is ``eval_output(x)``.
+        """
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, codebook_size={self.codebook_size}"
+
+
+def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over the rows of ``values`` [N, ...] selected by bool ``mask`` [N] (all if None).
+
+    Returns a scalar; 0 (with a graph) when no row is selected.
+    """
+    if values.dim() > 1:
+        values = values.flatten(1).mean(dim=1)
+    if mask is None:
+        return values.mean()
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1.0)

@@ -1,0 +1,237 @@
+"""The residual quantizer stack: stage i quantizes what stages 1..i-1 left over.
+
+Gradient wiring follows QUANTIZERS.md section 7:
+- the chain is built from exact hard codewords, r_{i+1} = r_i - sg(c_i), and each stage's
+  auxiliary loss sees r_i = z - sum_{j<i} sg(c_j), so every commitment reaches the encoder;
+- with only STE-family stages the output is z + sg(sum c - z) (encoder Jacobian exactly I);
+- with any DiVeQ-family stage, one global DiVeQ step over the total,
+  z^ = z + ||c' - z|| sg(v), where c' keeps the DiVeQ stages' Parameter gradients;
+- a stage with a low-dimensional projection adds t - sg(t), t = out(p + sg(c - p)),
+  p = in(sg(r)): zero in value, it trains both projections as DAC's per-stage STE would,
+  without touching the encoder's identity gradient.
+In eval mode the output is the plain sum of lookups, the same floats ``decode`` produces.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from codec.config import QuantizerConfig, StageConfig
+from codec.quant import build_quantizer
+from codec.quant.distributed import all_reduce_sum
+from codec.quant.diveq import directional_step
+from codec.quant.stats import UsageWindow, code_counts, stage_stats
+
+
+@dataclass
+class RVQOutput:
+    """quantized: [B, D, F] float; codes: [B, n, F] int64; loss: scalar (sum of stage losses);
+    stage_losses: [n] float; counts: per stage [K_i] code counts over active positions;
+    n_q: [B] int64 number of stages each item used."""
+
+    quantized: Tensor
+    codes: Tensor
+    loss: Tensor
+    stage_losses: Tensor
+    counts: list[Tensor]
+    n_q: Tensor
+
+
+class ResidualStage(nn.Module):
+    """One stage: optional projection latent_dim -> codebook_dim -> latent_dim, a quantizer of
+    the configured kind, and a window of code usage for statistics."""
+
+    def __init__(self, latent_dim: int, cfg: StageConfig, stats_window: int) -> None:
+        super().__init__()
+        dim = cfg.codebook_dim or latent_dim
+        self.projected = dim != latent_dim
+        self.in_proj = nn.Linear(latent_dim, dim) if self.projected else nn.Identity()
+        self.out_proj = nn.Linear(dim, latent_dim) if self.projected else nn.Identity()
+        self.quantizer = build_quantizer(cfg.kind, dim, cfg.codebook_size, **cfg.options)
+        self.usage = UsageWindow(cfg.codebook_size, stats_window)
+        self.kind = cfg.kind
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    def encode(self, r: Tensor) -> Tensor:
+        """Residual [N, D] (fp32, or fp64 for the exact encode path) -> codes [N]."""
+        return self.quantizer.encode(_apply(self.in_proj, r))
+
+    def decode(self, codes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Codes [N] -> latent-space codeword [N, D] in ``dtype``."""
+        return _apply(self.out_proj, self.quantizer.decode(codes).to(dtype))
+
+
+class ResidualQuantizer(nn.Module):
+    """Residual stack over latents [B, D, F]; see the module docstring for the gradient rules."""
+
+    def __init__(self, latent_dim: int, cfg: QuantizerConfig) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.dropout = cfg.dropout
+        self.stages = nn.ModuleList(
+            ResidualStage(latent_dim, s, cfg.stats_window) for s in cfg.resolved_stages()
+        )
+        self.last_counts: list[Tensor] | None = None
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return [s.codebook_size for s in self.stages]
+
+    def _check_n_q(self, n_q: int | None) -> int:
+        n = self.num_stages if n_q is None else int(n_q)
+        if not 1 <= n <= self.num_stages:
+            raise ValueError(f"n_q must be in [1, {self.num_stages}], got {n_q}")
+        return n
+
+    def sample_n_q(self, batch: int, device: torch.device) -> Tensor:
+        """Quantizer dropout (per item, as DAC): with probability ``dropout`` an item uses
+        n ~ U{1..N} stages, otherwise all N. Returns int64 [batch]."""
+        n = torch.full((batch,), self.num_stages, dtype=torch.long, device=device)
+        drop = torch.rand(batch, device=device) < self.dropout
+        random_n = torch.randint(1, self.num_stages + 1, (batch,), device=device)
+        return torch.where(drop, random_n, n)
+
+    @staticmethod
+    def _rows(z: Tensor) -> Tensor:
+        b, d, f = z.shape
+        return z.transpose(1, 2).reshape(b * f, d)
+
+    @staticmethod
+    def _unrows(x: Tensor, b: int, f: int) -> Tensor:
+        return x.reshape(b, f, -1).transpose(1, 2)
+
+    @torch.no_grad()
+    def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:
+        """Latents float [B, D, F] -> codes int64 [B, n_q, F] (all stages when n_q is None)."""
+        n = self._check_n_q(n_q)
+        b, _, f = z.shape
+        r = self._rows(z)
+        codes = []
+        for stage in self.stages[:n]:
+            idx = stage.encode(r)
+            r = r - stage.decode(idx, r.dtype)
+            codes.append(idx)
+        return torch.stack(codes, dim=1).reshape(b, f, n).transpose(1, 2)
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes int64 [B, n, F] (n <= num_stages) -> latents float [B, D, F], sum of lookups."""
+        b, n, f = codes.shape
+        self._check_n_q(n)
+        rows = codes.transpose(1, 2).reshape(b * f, n)
+        total = torch.zeros(b * f, self.latent_dim, device=codes.device)
+        for i, stage in enumerate(self.stages[:n]):
+            total = total + stage.decode(rows[:, i])
+        return self._unrows(total, b, f)
+
+    def forward(self, z: Tensor, n_q: int | None = None, frame_mask: Tensor | None = None) -> RVQOutput:
+        """Quantize latents float [B, D, F].
+
+        Training: per-item quantizer dropout (unless ``n_q`` forces a count), stage losses,
+        codebook updates and usage windows. Eval: exactly ``decode(encode(z, n_q))`` with
+        n_q stages (all if None). ``frame_mask`` bool [B, F] marks real (non-padding) frames
+        for losses and statistics.
+        """
+        b, _, f = z.shape
+        x = self._rows(z)
+        if self.training:
+            n_items = self.sample_n_q(b, z.device) if n_q is None else torch.full(
+                (b,), self._check_n_q(n_q), dtype=torch.long, device=z.device)
+        else:
+            n_items = torch.full((b,), self._check_n_q(n_q), dtype=torch.long, device=z.device)
+        row_nq = n_items.repeat_interleave(f)
+        valid = None if frame_mask is None else frame_mask.reshape(-1).bool()
+        n_run = int(n_items.max())
+
+        r = x
+        hard_sum = torch.zeros_like(x)
+        diff_sum = torch.zeros_like(x)
+        proj_terms = torch.zeros_like(x)
+        any_diff = False
+        sigma = 0.0
+        losses, codes, counts = [], [], []
+        for i, stage in enumerate(self.stages[:n_run]):
+            active = row_nq > i
+            if valid is not None:
+                active = active & valid
+            p = stage.in_proj(r)
+            out = stage.quantizer(p, mask=active)
+            keep = active.unsqueeze(1).to(x.dtype)
+            c_lat = stage.out_proj(out.codeword)
+            hard = c_lat.detach() * keep
+            hard_sum = hard_sum + hard
+            if self.training and stage.quantizer.differentiable_codeword:
+                any_diff = True
+                sigma = max(sigma, float(getattr(stage.quantizer, "sigma", 0.0)))
+                diff_sum = diff_sum + c_lat * keep
+            else:
+                diff_sum = diff_sum + hard
+            if self.training and stage.projected:
+                p_det = stage.in_proj(r.detach())
+                t = stage.out_proj(p_det + (out.codeword.detach() - p_det).detach())
+                proj_terms = proj_terms + (t - t.detach()) * keep
+            r = r - hard
+            losses.append(out.loss)
+            codes.append(out.codes)
+            counts.append(code_counts(out.codes, stage.codebook_size, active))
+
+        if not self.training:
+            quantized = hard_sum
+        elif any_diff:
+            quantized = x + directional_step(x, diff_sum, sigma) + proj_terms
+        else:
+            quantized = x + (hard_sum - x).detach() + proj_terms
+
+        if self.training:
+            counts = self._sync_counts(counts)
+            for stage, c in zip(self.stages, counts):
+                stage.usage.update(c)
+        self.last_counts = [c.detach() for c in counts]
+        stage_losses = torch.stack(losses)
+        return RVQOutput(
+            quantized=self._unrows(quantized, b, f),
+            codes=torch.stack(codes, dim=1).reshape(b, f, n_run).transpose(1, 2),
+            loss=stage_losses.sum(),
+            stage_losses=stage_losses,
+            counts=counts,
+            n_q=n_items,
+        )
+
+    @staticmethod
+    def _sync_counts(counts: list[Tensor]) -> list[Tensor]:
+        """All-reduce every stage's counts in one call, so usage windows match on all ranks."""
+        sizes = [c.numel() for c in counts]
+        flat = all_reduce_sum(torch.cat(counts))
+        return list(flat.split(sizes))
+
+    def statistics(self, counts: list[Tensor] | None = None) -> list[dict[str, float]]:
+        """Per-stage perplexity / utilisation of ``counts`` (default: the last forward's) and,
+        over the usage window, window_perplexity / window_utilisation / dead_codes; EMA stages
+        also report ema_dead_codes (#{N_k < threshold})."""
+        counts = self.last_counts if counts is None else counts
+        out = []
+        for i, stage in enumerate(self.stages):
+            c = counts[i] if counts is not None and i < len(counts) else torch.zeros(stage.codebook_size)
+            s = stage_stats(c, stage.usage)
+            dead = getattr(stage.quantizer, "dead_count", None)
+            if callable(dead):
+                s["ema_dead_codes"] = float(dead())
+            out.append(s)
+        return out
+
+
+
+def _apply(layer: nn.Module, x: Tensor) -> Tensor:
+    """Run an Identity or Linear projection in x's dtype (weights cast, module untouched)."""
+    if isinstance(layer, nn.Linear):
+        return nn.functional.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+    return x

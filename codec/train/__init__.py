@@ -1,0 +1,1 @@
+"""Training: losses, data and the Accelerate loop."""

@@ -1,0 +1,50 @@
+"""Shared fixtures: where the real speech lives, and tiny models of every quantizer kind."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from codec import Codec
+from codec.config import deep_merge, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ["ste", "ema", "simvq", "diveq", "sf_diveq"]
+
+
+def data_root() -> Path:
+    """LibriSpeech root: $CODEC_DATA/LibriSpeech, default ../shared/data beside the repo."""
+    return Path(os.environ.get("CODEC_DATA", REPO.parent / "shared" / "data")) / "LibriSpeech"
+
+
+def speech(seconds: float, index: int = 0, subset: str = "test-other") -> torch.Tensor:
+    """A real LibriSpeech utterance (the index-th file in sorted order), its first ``seconds``:
+    float [1, 1, T] at 16 kHz."""
+    files = sorted((data_root() / subset).rglob("*.flac"))
+    if not files:
+        pytest.fail(f"no LibriSpeech FLAC files under {data_root() / subset}")
+    audio, rate = sf.read(files[index], dtype="float32")
+    assert rate == 16000
+    audio = audio[: int(seconds * rate)]
+    return torch.from_numpy(np.ascontiguousarray(audio))[None, None]
+
+
+def tiny_recipe(kind: str, **quantizer: object) -> dict:
+    """recipes/tiny.yaml with every stage of ``kind`` and extra quantizer settings."""
+    return deep_merge(load_recipe(REPO / "recipes" / "tiny.yaml"),
+                      {"model": {"quantizer": {"kind": kind, **quantizer}}})
+
+
+def tiny_model(kind: str, seed: int = 0, **quantizer: object) -> Codec:
+    """A freshly initialised tiny Codec (seeded) with every stage of ``kind``."""
+    torch.manual_seed(seed)
+    return Codec.from_config(tiny_recipe(kind, **quantizer))
+
+
+@pytest.fixture(scope="session")
+def speech_2s() -> torch.Tensor:
+    return speech(2.0)
