@@ -89,7 +89,12 @@ class QuantizerConfig:
         if not specs:
             specs = [{}] * self.n_stages
         out = []
+        known = {f.name for f in dataclasses.fields(StageConfig)}
         for i, spec in enumerate(specs):
+            unknown = sorted(set(spec) - known)
+            if unknown:
+                raise ConfigError(f"unknown key(s) in quantizer.stages[{i}]: {', '.join(unknown)} "
+                                  f"(known: {', '.join(sorted(known | {'repeat'}))})")
             kind = spec.get("kind", self.kind)
             options = deep_merge(self.options.get(kind, {}) or {}, spec.get("options", {}) or {})
             merged = {

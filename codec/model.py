@@ -28,7 +28,8 @@ WEIGHTS_NAME = "model.safetensors"
 class CodecOutput:
     """What the training forward returns.
 
-    audio: float [B, 1, T] reconstruction, same length as the input; codes: int64 [B, n, F];
+    audio: float [B, 1, T] reconstruction, same length as the input; codes: int64 [B, n, F]
+    (n = all stages in training, the requested n_q in eval);
     quantizer_loss: scalar, the sum of the stages' auxiliary losses; stage_losses: [n];
     counts: per stage [K_i] code counts over active positions; n_q: [B] stages per item.
     """

@@ -79,10 +79,15 @@ class EMAQuantizer(Quantizer):
     @torch.no_grad()
     def _kmeans_init(self, x: Tensor, mask: Tensor | None) -> None:
         """Centroids from rank 0's active rows; N from the global counts; m = e * N."""
+        ok = torch.zeros((), dtype=torch.bool, device=x.device)
         if rank() == 0:
             active = x.detach().float() if mask is None else x.detach().float()[mask]
             if active.shape[0] > 0:
                 self.embed.copy_(kmeans(active, self.codebook_size, self.kmeans_iters)[0])
+                ok.fill_(True)
+        # A stage dropped for the whole batch waits for a batch that reaches it.
+        if not bool(broadcast_from_rank0(ok)):
+            return
         broadcast_from_rank0(self.embed)
         counts, _ = self._batch_stats(x, mask)
         self.cluster_size.copy_(counts)

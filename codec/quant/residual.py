@@ -27,9 +27,10 @@ from codec.quant.stats import UsageWindow, code_counts, stage_stats
 
 @dataclass
 class RVQOutput:
-    """quantized: [B, D, F] float; codes: [B, n, F] int64; loss: scalar (sum of stage losses);
-    stage_losses: [n] float; counts: per stage [K_i] code counts over active positions;
-    n_q: [B] int64 number of stages each item used."""
+    """quantized: [B, D, F] float; codes: [B, n, F] int64, n = all N stages in training (every
+    stage runs; ``n_q`` says which count per item) and the requested n_q in eval; loss: scalar
+    (sum of stage losses); stage_losses: [n] float; counts: per stage [K_i] code counts over
+    active positions; n_q: [B] int64 number of stages each item used."""
 
     quantized: Tensor
     codes: Tensor
@@ -150,7 +151,9 @@ class ResidualQuantizer(nn.Module):
             n_items = torch.full((b,), self._check_n_q(n_q), dtype=torch.long, device=z.device)
         row_nq = n_items.repeat_interleave(f)
         valid = None if frame_mask is None else frame_mask.reshape(-1).bool()
-        n_run = int(n_items.max())
+        # Training runs every stage on every rank even when dropout masks all its rows: EMA,
+        # DiVeQ and usage statistics all-reduce each step, so a skipped stage would hang DDP.
+        n_run = self.num_stages if self.training else int(n_items.max())
 
         r = x
         hard_sum = torch.zeros_like(x)

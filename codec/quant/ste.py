@@ -46,10 +46,15 @@ class STEQuantizer(Quantizer):
     @torch.no_grad()
     def _kmeans_init(self, x: Tensor, mask: Tensor | None) -> None:
         """Set the codebook to k-means centroids of the active rows of x [N, d]."""
+        ok = torch.zeros((), dtype=torch.bool, device=x.device)
         if rank() == 0:
             active = x if mask is None else x[mask]
             if active.shape[0] > 0:
                 self.embed.copy_(kmeans(active, self.codebook_size)[0].to(self.embed))
+                ok.fill_(True)
+        # A stage dropped for the whole batch waits for a batch that reaches it.
+        if not bool(broadcast_from_rank0(ok)):
+            return
         broadcast_from_rank0(self.embed.data)  # every rank starts from rank 0's centroids
         self.initialized.fill_(True)
 

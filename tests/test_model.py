@@ -1,0 +1,287 @@
+"""The Codec contract: recipes, shapes, bitrate, persistence, fingerprint, config errors."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import KINDS, REPO, speech, tiny_model, tiny_recipe
+
+from codec import Codec
+from codec.config import ConfigError, deep_merge, load_recipe
+from codec.model import CONFIG_NAME, WEIGHTS_NAME
+
+RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
+HOP = 320
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared machine (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def recipe_kinds(name: str) -> list[str]:
+    if name == "hybrid":
+        return ["simvq"] + ["ema"] * 11
+    if name in ("base", "ste"):
+        return ["ste"] * 12
+    return [name] * 12
+
+
+# --- building from recipes ------------------------------------------------------------------
+
+def test_every_kind_has_a_recipe() -> None:
+    assert set(KINDS) | {"base", "hybrid", "tiny"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_builds(name: str) -> None:
+    model = Codec.from_config(REPO / "recipes" / f"{name}.yaml")
+    assert model.sample_rate == 16000
+    assert model.hop_length == HOP
+    assert model.frame_rate == 50
+    if name == "tiny":
+        assert model.num_stages == 4 and model.codebook_sizes == [64] * 4
+        assert model.bitrate() == 50 * 4 * 6 == 1200.0
+        return
+    assert model.num_stages == 12
+    assert model.codebook_sizes == [1024] * 12
+    assert model.bitrate() == 6000.0
+    assert model.bitrate(12) == 6000.0
+    assert model.bitrate(1) == 500.0
+    assert [s.kind for s in model.quantizer.stages] == recipe_kinds(name)
+    # a path given as str works the same, and the config round-trips through a dict
+    again = Codec.from_config(str(REPO / "recipes" / f"{name}.yaml"))
+    assert again.config == model.config
+    assert Codec.from_config(model.config).config == model.config
+
+
+# --- shapes ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ste_model() -> Codec:
+    return tiny_model("ste").eval()
+
+
+@pytest.mark.parametrize("length", [1, 319, 320, 321, 1000, 3217])
+def test_encode_decode_forward_shapes(ste_model: Codec, length: int) -> None:
+    model = ste_model
+    torch.manual_seed(length)
+    wav = 0.1 * torch.randn(2, 1, length)
+    frames = math.ceil(length / HOP)
+    codes = model.encode(wav)
+    assert codes.shape == (2, model.num_stages, frames) and codes.dtype == torch.int64
+    assert int(codes.min()) >= 0 and int(codes.max()) < 64
+    for n in (1, 3):
+        part = model.encode(wav, n)
+        assert part.shape == (2, n, frames)
+        assert torch.equal(part, codes[:, :n])
+        assert model.decode(part).shape == (2, 1, frames * HOP)
+    audio = model.decode(codes)
+    assert audio.shape == (2, 1, frames * HOP) and audio.dtype == torch.float32
+    assert torch.isfinite(audio).all()
+    out = model(wav)
+    assert out.audio.shape == (2, 1, length)
+    assert out.codes.shape == (2, model.num_stages, frames)
+    out = model(wav, n_q=2)  # eval: exactly n_q stages
+    assert out.codes.shape == (2, 2, frames) and torch.equal(out.n_q, torch.full((2,), 2))
+    model.train()
+    try:
+        out = model(wav)
+        assert out.audio.shape == (2, 1, length)
+        out = model(wav, n_q=2)  # training may run every stage (masked); n_q says which count
+        assert out.audio.shape == (2, 1, length)
+        assert torch.equal(out.n_q, torch.full((2,), 2))
+        assert 2 <= out.codes.shape[1] <= model.num_stages and out.codes.shape[2] == frames
+    finally:
+        model.eval()
+
+
+def test_bad_audio_shape_rejected(ste_model: Codec) -> None:
+    with pytest.raises(ValueError):
+        ste_model.encode(torch.zeros(1, 640))
+    with pytest.raises(ValueError):
+        ste_model.encode(torch.zeros(1, 2, 640))
+    with pytest.raises(ValueError):
+        ste_model.decode(torch.zeros(1, 640, dtype=torch.long))
+
+
+# --- persistence ----------------------------------------------------------------------------
+
+def trained_tiny(kind: str) -> Codec:
+    """A tiny model after two training forwards and one optimizer step: k-means inits, EMA
+    statistics, usage windows, step counters and weights all differ from a fresh model."""
+    model = tiny_model(kind, seed=1, options={"sf_diveq": {"warmup_steps": 1}})
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    wav = speech(0.3, index=1)
+    for _ in range(2):
+        out = model(wav)
+        loss = (out.audio - wav).pow(2).mean() + out.quantizer_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
+    model = trained_tiny(kind)
+    fresh = tiny_model(kind, seed=1)
+    assert model.fingerprint() != fresh.fingerprint()  # training really changed the state
+    saved = model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in saved.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    for p in saved.iterdir():  # no pickle / torch.save zip archive anywhere
+        head = p.read_bytes()[:2]
+        assert head[:1] != b"\x80" and head != b"PK", p.name
+    assert saved.joinpath(WEIGHTS_NAME).read_bytes()[8:9] == b"{"  # safetensors JSON header
+
+    loaded = Codec.from_pretrained(saved)
+    assert not loaded.training
+    assert loaded.config == model.config
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    assert loaded.fingerprint() == model.fingerprint()
+
+    wav = speech(1.0)
+    codes = model.encode(wav)
+    assert torch.equal(loaded.encode(wav), codes)
+    assert torch.equal(loaded.decode(codes), model.decode(codes))
+    assert torch.equal(loaded(wav).audio, model(wav).audio)
+
+
+def test_from_pretrained_rejects_incomplete_directory(tmp_path: Path) -> None:
+    tiny_model("ste").save_pretrained(tmp_path)
+    (tmp_path / WEIGHTS_NAME).unlink()
+    with pytest.raises(ConfigError):
+        Codec.from_pretrained(tmp_path)
+
+
+# --- fingerprint ----------------------------------------------------------------------------
+
+def test_fingerprint_sensitive_to_every_tiny_change() -> None:
+    model = tiny_model("ema")
+    fp = model.fingerprint()
+    assert isinstance(fp, bytes) and len(fp) == 16
+    assert model.fingerprint() == fp
+    assert tiny_model("ema").fingerprint() == fp  # same seed, same model
+
+    state = model.state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.dim() >= 2)
+    with torch.no_grad():
+        w = state[name]
+        old = w.view(-1)[0].clone()
+        w.view(-1)[0] = torch.nextafter(old, old + 1)  # one ulp
+        assert model.fingerprint() != fp, name
+        w.view(-1)[0] = old
+    assert model.fingerprint() == fp
+
+    # 0-dim buffers count too (a long step counter, a bool flag)
+    stage = model.quantizer.stages[0]
+    stage.usage.step += 1
+    assert model.fingerprint() != fp
+    stage.usage.step -= 1
+    assert model.fingerprint() == fp
+    flag = stage.quantizer.initialized
+    flag.fill_(not bool(flag))
+    assert model.fingerprint() != fp
+    flag.fill_(not bool(flag))
+    assert model.fingerprint() == fp
+
+    # the configuration counts: same weights, different dropout
+    other = Codec.from_config(tiny_recipe("ema", dropout=0.25))
+    other.load_state_dict(model.state_dict())
+    assert other.fingerprint() != fp
+
+
+# --- configuration errors -------------------------------------------------------------------
+
+def test_unknown_model_key_is_named() -> None:
+    bad = deep_merge(tiny_recipe("ste"), {"model": {"chanels": 8}})
+    with pytest.raises(ConfigError, match="chanels"):
+        Codec.from_config(bad)
+
+
+def test_unknown_quantizer_key_is_named() -> None:
+    with pytest.raises(ConfigError, match="n_stage"):
+        Codec.from_config(tiny_recipe("ste", n_stage=3))
+
+
+def test_unknown_key_in_yaml_recipe_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"extends: {REPO / 'recipes' / 'tiny.yaml'}\nmodel:\n  quantizer:\n    dropuot: 0.1\n")
+    with pytest.raises(ConfigError, match="dropuot"):
+        Codec.from_config(path)
+    assert isinstance(ConfigError("x"), ValueError)
+
+
+def test_unknown_stage_key_is_named() -> None:
+    with pytest.raises(ConfigError, match="codebok_size"):
+        Codec.from_config(tiny_recipe("ste", stages=[{"kind": "ste", "codebok_size": 256}]))
+
+
+def test_unknown_quantizer_kind_and_option() -> None:
+    with pytest.raises(ValueError, match="vqgan"):
+        Codec.from_config(tiny_recipe("vqgan"))
+    with pytest.raises(ValueError, match="vqgan"):
+        Codec.from_config(tiny_recipe("ste", stages=[{"kind": "ste"}, {"kind": "vqgan"}]))
+    with pytest.raises(ValueError, match="bta"):
+        Codec.from_config(tiny_recipe("ste", options={"ste": {"bta": 0.1}}))
+
+
+def test_invalid_values_rejected() -> None:
+    for override in ({"dropout": 1.5}, {"stages": [{"kind": "ste", "repeat": 0}], "n_stages": 0}):
+        with pytest.raises(ConfigError):
+            Codec.from_config(tiny_recipe("ste", **override))
+    with pytest.raises(ConfigError):
+        Codec.from_config(deep_merge(tiny_recipe("ste"), {"model": {"norm": "batch"}}))
+    with pytest.raises(ConfigError):
+        Codec.from_config(REPO / "recipes" / "does_not_exist.yaml")
+
+
+def test_n_q_out_of_range(ste_model: Codec) -> None:
+    wav = speech(0.1)
+    n = ste_model.num_stages
+    for bad in (0, -1, n + 1):
+        with pytest.raises(ValueError):
+            ste_model.encode(wav, bad)
+        with pytest.raises(ValueError):
+            ste_model.bitrate(bad)
+    with pytest.raises(ValueError):
+        ste_model.decode(torch.zeros(1, n + 1, 3, dtype=torch.long))
+    assert ste_model.encode(wav, n).shape[1] == n
+
+
+# --- bitrate --------------------------------------------------------------------------------
+
+def test_bitrate_mixed_codebook_sizes() -> None:
+    model = tiny_model("ste", stages=[{"codebook_size": 256}, {"codebook_size": 1024, "repeat": 2}])
+    assert model.num_stages == 3
+    assert model.codebook_sizes == [256, 1024, 1024]
+    expected = [50 * 8, 50 * (8 + 10), 50 * (8 + 10 + 10)]
+    for n, bps in enumerate(expected, start=1):
+        assert model.bitrate(n) == pytest.approx(bps, abs=1e-9)
+        assert model.bitrate(n) == model.frame_rate * sum(math.log2(k) for k in model.codebook_sizes[:n])
+    assert model.bitrate() == model.bitrate(3) == 1400.0
+    # the stack really uses those sizes
+    codes = model.eval().encode(speech(0.5))
+    assert codes.shape == (1, 3, 25)
+    assert int(codes[:, 0].max()) < 256
+
+
+def test_recipe_hybrid_bitrate_matches_kind_recipes() -> None:
+    hybrid = load_recipe(REPO / "recipes" / "hybrid.yaml")
+    ste = load_recipe(REPO / "recipes" / "ste.yaml")
+    # the recipes differ only in the quantizer kinds
+    h, s = dict(hybrid["model"]), dict(ste["model"])
+    hq, sq = dict(h.pop("quantizer")), dict(s.pop("quantizer"))
+    assert h == s
+    for key in ("n_stages", "codebook_size", "dropout", "options"):
+        assert hq[key] == sq[key]
