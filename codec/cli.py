@@ -1,4 +1,4 @@
-"""The ``codec`` command line: encode, decode, info, priors.
+"""The ``codec`` command line: encode, decode, info, priors, train.
 
 Bad input of any kind ends with one ``codec: error: ...`` line on stderr and exit code 2;
 outputs are written to a temporary file and renamed into place only on success.
@@ -249,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", required=True, help="folder of audio files (searched recursively)")
     p.add_argument("--max-files", type=int, default=None, help="use at most this many files")
     p.set_defaults(func=cmd_priors)
+
+    from codec.train.command import add_train_parser
+
+    add_train_parser(sub)
+
+    from codec.eval.command import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

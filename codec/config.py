@@ -147,5 +147,13 @@ class ModelConfig:
             raise ConfigError(f"norm must be 'weight_norm' or 'none', not {self.norm!r}")
         if not 0.0 <= self.quantizer.dropout <= 1.0:
             raise ConfigError("quantizer.dropout must be in [0, 1]")
-        if not self.quantizer.resolved_stages():
+        stages = self.quantizer.resolved_stages()
+        if not stages:
             raise ConfigError("the quantizer needs at least one stage")
+        from codec.quant import QUANTIZER_KINDS  # late: codec.quant imports this module's users
+
+        for i, stage in enumerate(stages):
+            kind = stage.kind.strip().lower().replace("-", "_")
+            if kind not in QUANTIZER_KINDS:
+                raise ConfigError(f"quantizer stage {i}: unknown kind {stage.kind!r} "
+                                  f"(choose one of {', '.join(QUANTIZER_KINDS)})")

@@ -1,0 +1,189 @@
+"""The recipe's ``train:`` section as typed dataclasses, and ``--set key=value`` overrides.
+
+Every key has a default here, so a recipe only states what it changes; unknown keys are an
+error (a typo must not silently train with the default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from codec.config import ConfigError, ModelConfig, deep_merge, load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+#: Where the shared LibriSpeech copy lives when neither the recipe nor the environment says.
+DEFAULT_LIBRISPEECH = REPO.parent / "shared" / "data" / "LibriSpeech"
+
+
+@dataclass
+class DataConfig:
+    """Where the audio comes from and how it is cut."""
+
+    root: str | None = None  # LibriSpeech root; None: $LIBRISPEECH, $CODEC_DATA/LibriSpeech, shared copy
+    train_subsets: list = field(default_factory=lambda: ["train-clean-100"])
+    valid_subsets: list = field(default_factory=lambda: ["test-other"])
+    train_manifest: str | list | None = None  # TSV(s) (path, samples) or audio folder(s); replaces train_subsets
+    valid_manifest: str | list | None = None  # likewise for validation
+    crop_seconds: float = 1.0  # random training crop length
+    valid_seconds: float = 4.0  # each validation utterance is cut to its first valid_seconds
+    valid_utterances: int = 20  # validation set size (spread over speakers)
+    num_workers: int = 2  # DataLoader worker processes per rank (0: load in the main process)
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms (0 switches a term off)."""
+
+    stft: float = 1.0  # auraloss multi-resolution STFT
+    mel: float = 1.0  # multi-scale log-mel L1
+    l1: float = 0.0  # waveform L1
+    quantizer: float = 1.0  # the quantizer stack's own auxiliary losses (commitment, codebook)
+    mel_windows: list = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])  # samples
+    n_mels: list = field(default_factory=lambda: [5, 10, 20, 40, 80, 80, 80])  # per window
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, logging and checkpointing. Steps count optimizer updates."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    batch_size: int = 16  # per process and micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-4
+    betas: list = field(default_factory=lambda: [0.8, 0.99])
+    weight_decay: float = 0.01
+    warmup_steps: int = 1000  # linear warm-up from 0
+    total_steps: int = 200_000
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    clip_grad_norm: float = 1.0  # 0: no clipping (the norm is still logged)
+    log_every: int = 50
+    val_every: int = 2000
+    ckpt_every: int = 2000
+    keep_last: int = 3  # complete checkpoints kept
+    pesq_utterances: int = 4  # validation utterances scored with PESQ (0: none)
+    seed: int = 0
+    out_dir: str | None = None  # None: exp/<recipe name>
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or no / bf16 / fp16
+
+    def validate(self) -> None:
+        """Raise ConfigError on values that cannot train."""
+        positive = ["batch_size", "grad_accum", "total_steps", "log_every", "val_every", "ckpt_every", "keep_last"]
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas must be two numbers, got {self.betas}")
+        if self.data.crop_seconds <= 0 or self.data.valid_seconds <= 0:
+            raise ConfigError("train.data.crop_seconds and valid_seconds must be > 0")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ConfigError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if len(self.loss.mel_windows) != len(self.loss.n_mels):
+            raise ConfigError("train.loss.mel_windows and n_mels must have the same length")
+
+    def data_root(self) -> Path:
+        """The LibriSpeech root: recipe / --set, else $LIBRISPEECH, else $CODEC_DATA/LibriSpeech,
+        else ../shared/data/LibriSpeech beside the repository."""
+        if self.data.root:
+            return Path(self.data.root)
+        if os.environ.get("LIBRISPEECH"):
+            return Path(os.environ["LIBRISPEECH"])
+        if os.environ.get("CODEC_DATA"):
+            return Path(os.environ["CODEC_DATA"]) / "LibriSpeech"
+        return DEFAULT_LIBRISPEECH
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    """A dataclass from a dict, recursing into dataclass-typed fields; unknown keys fail."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in data.items():
+        sub = {"data": DataConfig, "loss": LossConfig}.get(name) if cls is TrainConfig else None
+        kwargs[name] = _build(sub, value or {}, f"{where}.{name}") if sub else _coerce(fields[name], value, where)
+    return cls(**kwargs)
+
+
+def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """Numbers for numeric fields: YAML 1.1 reads ``1e-3`` (no dot) as a string."""
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if isinstance(default, bool) or not isinstance(default, (int, float)) or value is None:
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}.{f.name} must be a number, got {value!r}") from None
+    if isinstance(default, int) and not isinstance(default, bool):
+        if number != int(number):
+            raise ConfigError(f"{where}.{f.name} must be an integer, got {value!r}")
+        return int(number)
+    return number
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["lr=1e-3", "model.quantizer.kind=ema"]`` -> a nested dict to merge into the recipe.
+
+    Values are YAML (numbers, lists, null ...). Keys not starting with ``model.`` or
+    ``train.`` belong to ``train``.
+    """
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"bad --set {item!r}: expected key=value, e.g. --set lr=1e-3")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"bad --set {item!r}: value is not valid YAML") from None
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a number was meant
+            try:
+                value = float(value) if not value.strip().lower() in ("nan", "inf", "-inf") else value
+            except ValueError:
+                pass
+        parts = key.split(".")
+        if parts[0] not in ("model", "train"):
+            parts = ["train", *parts]
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"bad --set {item!r}: {p} is set twice")
+        node[parts[-1]] = value
+    return out
+
+
+def load_training_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, ModelConfig, TrainConfig]:
+    """Read a recipe, apply ``--set`` overrides, validate both sections.
+
+    Returns (the merged recipe dict, its ModelConfig, its TrainConfig).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path}: no such file")
+    recipe = deep_merge(load_recipe(path), parse_overrides(overrides or []))
+    if "model" not in recipe:
+        raise ConfigError(f"recipe {path} has no model section")
+    try:
+        model_cfg = ModelConfig.from_dict(recipe)
+    except (TypeError, ValueError) as exc:  # ModelConfig raises ConfigError; bad types TypeError
+        raise ConfigError(f"recipe {path}: {exc}") from None
+    train_cfg = _build(TrainConfig, recipe.get("train") or {}, "train")
+    try:
+        train_cfg.validate()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"recipe {path}: {exc}") from None
+    if train_cfg.out_dir is None:
+        train_cfg.out_dir = str(Path("exp") / path.stem)
+    return recipe, model_cfg, train_cfg

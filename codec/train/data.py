@@ -1,0 +1,216 @@
+"""Training and validation audio: LibriSpeech in its own layout, folders, TSV manifests.
+
+Training batches are a pure function of (seed, micro-step, rank): item choice and crop
+offsets come from counters, not from a stateful iterator, so a run resumed at step s sees
+exactly the batches an uninterrupted run would, and ranks never share an item within an epoch.
+
+A manifest is a TSV file, one utterance a line: ``path<TAB>num_samples`` (samples at the
+file's own rate; relative paths are relative to the manifest). Lines starting with ``#``
+are comments.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus")
+_LIBRISPEECH_ID = re.compile(r"^(\d+)-(\d+)-(\d+)$")
+
+
+class DataError(ValueError):
+    """Missing or unusable data, with a one-line message."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One audio file: its id (file stem), path, length in samples at its own rate, speaker."""
+
+    id: str
+    path: str
+    num_samples: int
+    speaker: str
+
+
+def speaker_of(path: Path) -> str:
+    """LibriSpeech ``spk-chapter-utt`` -> ``spk``; otherwise the parent folder's name."""
+    m = _LIBRISPEECH_ID.match(path.stem)
+    return m.group(1) if m else path.parent.name
+
+
+def utterance_info(path: Path, num_samples: int | None = None) -> Utterance:
+    if num_samples is None:
+        try:
+            num_samples = sf.info(str(path)).frames
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise DataError(f"{path}: not a readable audio file ({exc})") from None
+    return Utterance(path.stem, str(path), int(num_samples), speaker_of(path))
+
+
+def folder_utterances(folder: str | Path) -> list[Utterance]:
+    """Every audio file under ``folder`` (recursive), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such directory")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise DataError(f"{folder}: no audio files ({' '.join(AUDIO_EXTENSIONS)})")
+    return [utterance_info(p) for p in files]
+
+
+def librispeech_utterances(root: str | Path, subsets: list[str]) -> list[Utterance]:
+    """LibriSpeech in the corpus's layout, ``<root>/<subset>/<speaker>/<chapter>/*.flac``,
+    several subsets at once. Each file's header is read for its length; for big corpora write
+    manifests once with tools/prepare_librispeech.py and train from those instead."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"LibriSpeech root {root}: no such directory (set $LIBRISPEECH or train.data.root)")
+    out: list[Utterance] = []
+    for subset in subsets:
+        if not (root / subset).is_dir():
+            raise DataError(f"LibriSpeech subset {root / subset}: no such directory")
+        files = sorted((root / subset).glob("*/*/*.flac"))
+        if not files:
+            raise DataError(f"{root / subset}: no FLAC files in <speaker>/<chapter>/ folders")
+        out += [utterance_info(p) for p in files]
+    return out
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """A TSV manifest (see the module docstring) -> utterances, in file order."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise DataError(f"manifest {path}: {exc.strerror or exc}") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        try:
+            audio, samples = Path(cols[0]), int(cols[1])
+        except (IndexError, ValueError):
+            raise DataError(f"manifest {path}:{n}: expected 'path<TAB>num_samples'") from None
+        out.append(utterance_info(audio if audio.is_absolute() else path.parent / audio, samples))
+    if not out:
+        raise DataError(f"manifest {path}: no utterances")
+    return out
+
+
+def write_manifest(path: str | Path, utterances: list[Utterance]) -> None:
+    """Write ``path<TAB>num_samples`` lines (absolute paths) atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    rows = ["# path\tnum_samples"] + [f"{Path(u.path).resolve()}\t{u.num_samples}" for u in utterances]
+    tmp.write_text("\n".join(rows) + "\n")
+    tmp.replace(path)
+
+
+def utterances_from(source: str | list | None, root: Path, subsets: list[str]) -> list[Utterance]:
+    """Manifest files or audio folders if ``source`` is given (one or a list), else the
+    LibriSpeech ``subsets`` under ``root``."""
+    if source:
+        out: list[Utterance] = []
+        for s in [source] if isinstance(source, str) else list(source):
+            out += folder_utterances(s) if Path(s).is_dir() else read_manifest(s)
+        return out
+    return librispeech_utterances(root, subsets)
+
+
+def load_audio(path: str, rate: int, seconds: float | None = None, start_fraction: float = 0.0) -> np.ndarray:
+    """Read ``seconds`` (all if None) of a file as float32 mono [L] at ``rate`` Hz: channels
+    averaged, resampled with soxr. The read starts at ``start_fraction`` (in [0, 1)) of the
+    span left free by the excerpt, so 0 is the beginning. Only the needed part is decoded."""
+    try:
+        with sf.SoundFile(path) as f:
+            sr = f.samplerate
+            frames = f.frames if seconds is None else math.ceil(seconds * sr)
+            f.seek(int(start_fraction * max(0, f.frames - frames)))
+            x = f.read(frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    x = x.mean(axis=1)
+    if sr != rate:
+        x = soxr.resample(x, sr, rate).astype(np.float32)
+    return x
+
+
+def fit_length(x: np.ndarray, length: int) -> np.ndarray:
+    """Trim or zero-pad [L] to ``length`` samples."""
+    return x[:length] if len(x) >= length else np.pad(x, (0, length - len(x)))
+
+
+class CropBatches(Dataset):
+    """Index k (a global micro-step: step * grad_accum + micro) -> this rank's batch.
+
+    Position g = (k * world + rank) * batch + i walks through one seeded permutation of the
+    utterances per epoch, so within an epoch no utterance is seen twice, on any rank; the crop
+    offset of item i is drawn from a generator seeded with (seed, k, rank, i).
+    Returns {"audio": float [B, 1, T] at ``rate``, "index": int64 [B] utterance indices}.
+    """
+
+    def __init__(self, utterances: list[Utterance], rate: int, crop_seconds: float, batch_size: int,
+                 seed: int, rank: int = 0, world: int = 1) -> None:
+        self.utterances = utterances
+        self.rate = rate
+        self.crop_seconds = crop_seconds
+        self.length = round(crop_seconds * rate)
+        self.batch_size = batch_size
+        self.seed, self.rank, self.world = seed, rank, world
+        self._perm: tuple[int, Tensor] | None = None
+
+    def __len__(self) -> int:
+        return 2**62  # unbounded: the sampler decides which micro-steps are drawn
+
+    def _permutation(self, epoch: int) -> Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.utterances), generator=gen))
+        return self._perm[1]
+
+    def indices(self, k: int) -> list[int]:
+        """The utterance indices of micro-step k on this rank."""
+        n = len(self.utterances)
+        out = []
+        for i in range(self.batch_size):
+            g = (k * self.world + self.rank) * self.batch_size + i
+            out.append(int(self._permutation(g // n)[g % n]))
+        return out
+
+    def __getitem__(self, k: int) -> dict[str, Tensor]:
+        idx = self.indices(k)
+        audio = np.zeros((len(idx), 1, self.length), dtype=np.float32)
+        for i, j in enumerate(idx):
+            u = self.utterances[j]
+            u01 = float(np.random.default_rng([self.seed, k, self.rank, i]).random())
+            audio[i, 0] = fit_length(load_audio(u.path, self.rate, self.crop_seconds, u01), self.length)
+        return {"audio": torch.from_numpy(audio), "index": torch.tensor(idx, dtype=torch.long)}
+
+
+def validation_set(utterances: list[Utterance], train_speakers: set[str], count: int, rate: int,
+                   seconds: float) -> list[tuple[str, Tensor]]:
+    """``count`` utterances from speakers not in ``train_speakers`` (round-robin over speakers,
+    in sorted order, so the set is fixed), each its first ``seconds``: [(id, float [1, 1, L])]."""
+    pool = [u for u in utterances if u.speaker not in train_speakers]
+    if not pool:
+        raise DataError("every validation speaker also occurs in the training data; "
+                        "choose validation data from other speakers")
+    by_speaker: dict[str, list[Utterance]] = {}
+    for u in sorted(pool, key=lambda u: u.id):
+        by_speaker.setdefault(u.speaker, []).append(u)
+    chosen: list[Utterance] = []
+    queues = [by_speaker[s] for s in sorted(by_speaker)]
+    while len(chosen) < count and any(queues):
+        for q in queues:
+            if q and len(chosen) < count:
+                chosen.append(q.pop(0))
+    return [(u.id, torch.from_numpy(load_audio(u.path, rate, seconds))[None, None]) for u in chosen]

@@ -1,0 +1,201 @@
+"""`codec eval`: real bitstreams and their bitrates, the Opus baseline, the four outputs,
+determinism across process counts, and one-line errors on bad input. Tiny untrained models
+on crops of real LibriSpeech speech."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import REPO, speech
+
+from codec import Codec
+from codec.bitstream.coding import encode_stream, make_header
+from codec.bitstream.estimate import estimate_priors
+from codec.bitstream.priors import Priors
+from codec.cli import main
+from codec.eval.metrics import score
+from codec.eval.opus import ogg_packet_bytes, opus_roundtrip
+from codec.eval.sweep import System, Task, codec_task
+
+CROPS = [(2.0, 0), (1.5, 1), (2.5, 2)]  # (seconds, LibriSpeech index)
+HAVE_OPUS = shutil.which("opusenc") is not None and shutil.which("opusdec") is not None
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """Two tiny models (with priors) and a data folder of three speech crops in sub-folders."""
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    for i, (seconds, index) in enumerate(CROPS):
+        (data / f"spk{i}").mkdir(parents=True)
+        sf.write(data / f"spk{i}" / f"utt{i}.flac", speech(seconds, index)[0, 0].numpy(), 16000)
+    (data / "spk0" / "notes.txt").write_text("not audio\n")
+    files = sorted(data.rglob("*.flac"))
+    models = {}
+    for seed, name in enumerate(["tiny_a", "tiny_b"]):
+        torch.manual_seed(seed)
+        model = Codec.from_config(REPO / "recipes" / "tiny.yaml").eval()
+        model.save_pretrained(root / name)
+        estimate_priors(model, files).save(root / name)
+        models[name] = str(root / name)
+    return {"root": root, "data": str(data), "files": files, **models}
+
+
+@pytest.fixture
+def one_thread():
+    """As in the evaluation's workers (and cheaper on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("codec: error: "), err
+    return lines[0]
+
+
+# ----- one utterance, directly ----------------------------------------------------------------
+def test_codec_task_writes_real_files_and_takes_the_bitrate_from_them(env, tmp_path, one_thread):
+    model = Codec.from_pretrained(env["tiny_a"])
+    priors = Priors.load(env["tiny_a"])
+    path = env["files"][0]
+    system = System("tiny_a", "codec", (1, 4), str(Path(env["tiny_a"]).resolve()), entropy=True)
+    result = codec_task(Task(system, str(path), "utt"), tmp_path)
+    audio, _ = sf.read(path, dtype="float32")
+    x = torch.from_numpy(audio)[None, None]
+    rows = {(r["system"], r["stages"]): r for r in result.rows}
+    assert len(rows) == 4
+    for n in (1, 4):
+        # The file the evaluation scored is byte-identical to what `codec encode --stages n` writes.
+        for name, pri, stored in (("tiny_a", None, f"stages_{n}.rvq"), ("tiny_a+entropy", priors, f"stages_{n}_range.rvq")):
+            expected = io.BytesIO()
+            encode_stream(model, [audio], expected, make_header(model, n, pri), pri)
+            assert (tmp_path / stored).read_bytes() == expected.getvalue()
+            row = rows[(name, n)]
+            size = len(expected.getvalue())
+            assert row["file_bytes"] == size
+            assert row["payload_bytes"] == size - (44 + 2 * n) - 16
+            assert row["duration_s"] == len(audio) / 16000
+            assert row["kbps"] * 1000 * row["duration_s"] == pytest.approx(8 * size, rel=1e-12)
+            assert row["payload_kbps"] * 1000 * row["duration_s"] == pytest.approx(8 * row["payload_bytes"], rel=1e-12)
+            assert row["nominal_kbps"] == pytest.approx(model.bitrate(n) / 1000)
+        # ... and the scores are those of the model's own decode of those codes.
+        reference = model.decode(model.encode(x, n_q=n))[0, 0, : len(audio)].numpy()
+        expected_scores = score(audio, reference)
+        for name in ("tiny_a", "tiny_a+entropy"):
+            for metric, value in expected_scores.items():
+                assert rows[(name, n)][metric] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, n, metric)
+    frames = -(-len(audio) // model.hop_length)
+    assert result.frames == frames
+    assert [int(c.sum()) for c in result.counts] == [frames] * model.num_stages
+
+
+@pytest.mark.skipif(not HAVE_OPUS, reason="opusenc/opusdec not installed (apt-get install opus-tools)")
+def test_opus_roundtrip_bitrate_from_the_real_file(env, tmp_path):
+    audio, _ = sf.read(env["files"][2], dtype="float32")
+    out = opus_roundtrip(audio, 16000, 16, tmp_path)
+    data = (tmp_path / "opus_16k.opus").read_bytes()
+    assert out.file_size == len(data) and data[:4] == b"OggS"
+    assert 0 < out.payload_size < out.file_size == len(data)
+    assert ogg_packet_bytes(data) == out.payload_size
+    seconds = len(audio) / 16000
+    assert 12 < 8 * out.payload_size / seconds / 1000 < 20  # near the requested 16 kbit/s
+    assert len(out.audio) == len(audio)
+    s = score(audio, out.audio)
+    assert s["pesq"] > 2.5 and s["stoi"] > 0.85
+    again = opus_roundtrip(audio, 16000, 16, tmp_path)
+    assert np.array_equal(again.audio, out.audio) and again.file_size == out.file_size
+
+
+# ----- the command ----------------------------------------------------------------------------
+def test_eval_end_to_end_writes_all_outputs_deterministically(env, tmp_path, capsys):
+    args = ["eval", env["tiny_a"], env["tiny_b"], "--data", env["data"], "--stages", "1,2,8",
+            "--opus", "8", "--entropy"]
+    assert main([*args, "--jobs", "2", "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "tiny_a has 4 stages; skipping --stages 8" in err
+    out = tmp_path / "out"
+    for name in ("results.csv", "summary.md", "rate_quality.png", "codebooks.png", "codebooks.csv"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for png in ("rate_quality.png", "codebooks.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    rows = read_rows(out / "results.csv")
+    systems = ["tiny_a", "tiny_a+entropy", "tiny_b", "tiny_b+entropy"] + (["opus"] if HAVE_OPUS else [])
+    assert list(dict.fromkeys(r["system"] for r in rows)) == systems
+    assert len(rows) == 3 * (4 * 2 + (1 if HAVE_OPUS else 0))
+    assert [r["utterance"] for r in rows[:3]] == ["spk0/utt0.flac", "spk1/utt1.flac", "spk2/utt2.flac"]
+    for r in rows:
+        assert float(r["kbps"]) == pytest.approx(8 * int(r["file_bytes"]) / float(r["duration_s"]) / 1000)
+        assert 1.0 <= float(r["pesq"]) <= 4.65 and 0 <= float(r["stoi"]) <= 1
+        if r["system"] == "tiny_a" and r["stages"] == "2":
+            assert int(r["file_bytes"]) - int(r["payload_bytes"]) == 44 + 2 * 2 + 16
+
+    summary = (out / "summary.md").read_text()
+    for s in systems:
+        assert f"| {s} |" in summary
+    assert "PESQ (95% CI)" in summary and "Codebook usage" in summary
+    book = read_rows(out / "codebooks.csv")
+    assert [(r["system"], r["stage"]) for r in book] == [(m, str(i)) for m in ("tiny_a", "tiny_b") for i in (1, 2, 3, 4)]
+    for r in book:
+        assert 1.0 <= float(r["perplexity"]) <= 64 and 0 < float(r["utilisation"]) <= 1
+
+    # Same numbers with one process as with two.
+    assert main([*args, "--jobs", "1", "--out", str(tmp_path / "again")]) == 0
+    for name in ("results.csv", "summary.md", "codebooks.csv"):
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_eval_goes_on_without_opusenc(env, tmp_path, capsys, monkeypatch):
+    from codec.eval import opus
+
+    monkeypatch.setattr(opus.shutil, "which", lambda name: None)
+    assert main(["eval", env["tiny_a"], "--data", env["data"], "--stages", "1", "--limit", "1",
+                 "--jobs", "1", "--out", str(tmp_path)]) == 0
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and "opusenc and opusdec not found" in warnings[0]
+    assert {r["system"] for r in read_rows(tmp_path / "results.csv")} == {"tiny_a"}
+    assert (tmp_path / "rate_quality.png").is_file() and (tmp_path / "codebooks.png").is_file()
+
+
+@pytest.mark.parametrize("case", [
+    "missing_model", "not_a_model", "empty_data", "missing_data", "bad_stages", "zero_stage",
+    "too_many_stages", "bad_opus", "bad_limit", "no_priors",
+])
+def test_eval_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys, case):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "not_a_model").mkdir()
+    shutil.copytree(env["tiny_a"], tmp_path / "nopriors", ignore=shutil.ignore_patterns("priors.json"))
+    base = {"model": env["tiny_a"], "data": env["data"], "extra": []}
+    base.update({
+        "missing_model": {"model": str(tmp_path / "nope")},
+        "not_a_model": {"model": str(tmp_path / "not_a_model")},
+        "empty_data": {"data": str(tmp_path / "empty")},
+        "missing_data": {"data": str(tmp_path / "nowhere")},
+        "bad_stages": {"extra": ["--stages", "1,two"]},
+        "zero_stage": {"extra": ["--stages", "0,1"]},
+        "too_many_stages": {"extra": ["--stages", "5,12"]},
+        "bad_opus": {"extra": ["--opus", "6,fast"]},
+        "bad_limit": {"extra": ["--limit", "0"]},
+        "no_priors": {"model": str(tmp_path / "nopriors"), "extra": ["--entropy"]},
+    }[case])
+    code = main(["eval", base["model"], "--data", base["data"], *base["extra"], "--out", str(tmp_path / "out")])
+    assert code == 2
+    line = one_error_line(capsys)
+    assert "Traceback" not in line
+    assert not (tmp_path / "out" / "results.csv").exists()

@@ -1,0 +1,155 @@
+"""Fast unit tests of the training pieces (issue 4): recipe overrides, data sampling, losses,
+schedule, checkpoint bookkeeping, the manifest tool, and the `codec train` error paths."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import data_root, speech
+
+from codec.cli import main
+from codec.config import ConfigError
+from codec.train.checkpoint import STATE_FILE, latest_checkpoint, remove_partial
+from codec.train.config import load_training_recipe, parse_overrides
+from codec.train.data import (
+    CropBatches,
+    DataError,
+    librispeech_utterances,
+    read_manifest,
+    utterances_from,
+    validation_set,
+)
+from codec.train.losses import ReconstructionLoss
+from codec.train.optim import lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "recipes" / "tiny.yaml"
+
+
+# ----- recipes and --set --------------------------------------------------------------------------
+def test_overrides_default_to_train_and_parse_yaml() -> None:
+    got = parse_overrides(["lr=1e-3", "data.crop_seconds=0.5", "model.quantizer.kind=ema", "betas=[0.5, 0.9]"])
+    assert got == {"train": {"lr": 1e-3, "data": {"crop_seconds": 0.5}, "betas": [0.5, 0.9]},
+                   "model": {"quantizer": {"kind": "ema"}}}
+
+
+@pytest.mark.parametrize("bad", ["lr", "=3", "a..b=1", "lr=[1,"])
+def test_bad_override_is_a_config_error(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_overrides([bad])
+
+
+def test_every_recipe_has_a_valid_train_section() -> None:
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        recipe, _, cfg = load_training_recipe(path)
+        assert "train" in recipe, path
+        assert cfg.out_dir == f"exp/{path.stem}"
+    _, _, tiny = load_training_recipe(TINY, ["total_steps=7"])
+    assert tiny.total_steps == 7 and tiny.data.crop_seconds == 0.5
+
+
+def test_unknown_train_key_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="lrr"):
+        load_training_recipe(TINY, ["lrr=1"])
+
+
+# ----- data ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def train_utts():
+    return librispeech_utterances(data_root(), ["train-clean-100"])
+
+
+def test_batches_are_a_function_of_seed_step_and_rank(train_utts) -> None:
+    a = CropBatches(train_utts, 16000, 0.5, 3, seed=1, rank=0, world=2)
+    b = CropBatches(train_utts, 16000, 0.5, 3, seed=1, rank=0, world=2)
+    other = CropBatches(train_utts, 16000, 0.5, 3, seed=1, rank=1, world=2)
+    x = a[5]
+    assert x["audio"].shape == (3, 1, 8000) and x["audio"].abs().max() > 0
+    assert torch.equal(x["audio"], b[5]["audio"])  # a fresh object (a resumed run) repeats it
+    assert not set(x["index"].tolist()) & set(other[5]["index"].tolist())
+    # one epoch over both ranks visits every utterance once
+    n = len(train_utts)
+    seen = [i for k in range(n // 6) for d in (a, other) for i in d.indices(k)]
+    assert len(seen) == len(set(seen))
+
+
+def test_validation_speakers_are_not_training_speakers(train_utts) -> None:
+    valid_utts = librispeech_utterances(data_root(), ["test-other"])
+    speakers = {u.speaker for u in train_utts}
+    valid = validation_set(valid_utts, speakers, 4, 16000, 1.0)
+    assert len(valid) == 4 and all(wav.shape == (1, 1, 16000) for _, wav in valid)
+    assert len({i.split("-")[0] for i, _ in valid}) == 4  # round-robin: four different speakers
+    assert not {i.split("-")[0] for i, _ in valid} & speakers
+    with pytest.raises(DataError):
+        validation_set(valid_utts, {u.speaker for u in valid_utts}, 4, 16000, 1.0)
+
+
+def test_manifest_tool_round_trip(tmp_path: Path) -> None:
+    import tools.prepare_librispeech as prep
+
+    assert prep.main(["--root", str(data_root()), "--subsets", "test-other", "--out", str(tmp_path), "-q"]) == 0
+    utts = read_manifest(tmp_path / "test-other.tsv")
+    assert utts == librispeech_utterances(data_root(), ["test-other"])
+    assert utterances_from(str(tmp_path / "test-other.tsv"), Path("/nonexistent"), []) == utts
+    assert prep.main(["--root", str(tmp_path / "missing"), "-q"]) == 2
+
+
+# ----- losses and schedule ------------------------------------------------------------------------
+def test_reconstruction_loss_terms() -> None:
+    x = speech(0.5)
+    loss = ReconstructionLoss(16000, stft_weight=1.0, mel_weight=2.0, l1_weight=0.5)
+    zero, parts = loss(x, x)
+    assert float(zero) == 0 and set(parts) == {"stft", "mel", "l1"}
+    total, parts = loss(0.5 * x, x)
+    assert float(total) == pytest.approx(float(parts["stft"] + 2 * parts["mel"] + 0.5 * parts["l1"]), rel=1e-5)
+    assert all(float(v) > 0 for v in parts.values())
+
+
+def test_lr_warmup_then_cosine() -> None:
+    assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(40, 10, 100, 0.1) > lr_factor(60, 10, 100, 0.1)
+
+
+# ----- checkpoints --------------------------------------------------------------------------------
+def test_latest_checkpoint_ignores_partial_writes(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    for name, complete in [("step_00000002", True), ("step_00000004", True), ("step_00000006", False),
+                           (".tmp-step_00000008", True)]:
+        (root / name).mkdir(parents=True)
+        if complete:
+            (root / name / STATE_FILE).write_text("{}")
+    assert latest_checkpoint(tmp_path)[0] == 4
+    assert [p.name for p in remove_partial(tmp_path)] == [".tmp-step_00000008"]
+    assert latest_checkpoint(tmp_path / "nothing") is None
+
+
+# ----- command line -------------------------------------------------------------------------------
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("codec: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "recipes/nope.yaml"], "no such file"),
+    (["train", str(TINY), "--set", "nosuch=1"], "nosuch"),
+    (["train", str(TINY), "--set", "lr"], "key=value"),
+    (["train", str(TINY), "--set", "data.root=/nonexistent/LibriSpeech"], "/nonexistent"),
+    (["train", str(TINY), "--set", "data.train_subsets=[train-other-960]"], "train-other-960"),
+    (["train", str(TINY), "--set", "model.quantizer.kind=bogus"], "bogus"),
+    (["train", str(TINY), "--set", "batch_size=0"], "batch_size"),
+])
+def test_bad_input_is_one_line_and_exit_2(args: list[str], words: str, capsys, tmp_path: Path) -> None:
+    assert main([*args, "--out-dir", str(tmp_path / "out")]) == 2
+    assert words in one_line(capsys)
+
+
+def test_train_help(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "accelerate launch -m codec train" in out and "--resume" in out and "--set" in out
