@@ -45,6 +45,10 @@ def tiny_model(kind: str, seed: int = 0, **quantizer: object) -> Codec:
     return Codec.from_config(tiny_recipe(kind, **quantizer))
 
 
-@pytest.fixture(scope="session")
-def speech_2s() -> torch.Tensor:
-    return speech(2.0)
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared machine (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

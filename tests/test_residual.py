@@ -19,13 +19,7 @@ TINY_OPTIONS = tiny_recipe("ste")["model"]["quantizer"]["options"]
 STE_FAMILY = ["ste", "ema", "simvq"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_rvq(kind: str = "ste", *, stages: list | None = None, n_stages: int = N, dim: int = D,
