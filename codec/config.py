@@ -122,7 +122,7 @@ class ModelConfig:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         """Build from a recipe dict (with a ``model`` section) or a bare model dict."""
         if "model" in data:
             data = data["model"]

@@ -49,15 +49,15 @@ class Codec(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        shape = dict(
-            channels=cfg.channels,
-            latent_dim=cfg.latent_dim,
-            strides=cfg.strides,
-            dilations=cfg.dilations,
-            kernel_size=cfg.kernel_size,
-            residual_kernel_size=cfg.residual_kernel_size,
-            norm=cfg.norm,
-        )
+        shape = {
+            "channels": cfg.channels,
+            "latent_dim": cfg.latent_dim,
+            "strides": cfg.strides,
+            "dilations": cfg.dilations,
+            "kernel_size": cfg.kernel_size,
+            "residual_kernel_size": cfg.residual_kernel_size,
+            "norm": cfg.norm,
+        }
         self.encoder = Encoder(**shape)
         self.decoder = Decoder(**shape)
         self.quantizer = ResidualQuantizer(cfg.latent_dim, cfg.quantizer)
@@ -66,7 +66,7 @@ class Codec(nn.Module):
 
     # ----- construction and persistence -------------------------------------------------
     @classmethod
-    def from_config(cls, recipe: str | Path | dict) -> "Codec":
+    def from_config(cls, recipe: str | Path | dict) -> Codec:
         """A freshly initialised model from a recipe path (YAML) or a recipe / model dict."""
         data = recipe if isinstance(recipe, dict) else load_recipe(recipe)
         return cls(ModelConfig.from_dict(data))
@@ -88,7 +88,7 @@ class Codec(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Codec":
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Codec:
         """Load a model saved by ``save_pretrained``; returned in eval mode."""
         directory = Path(directory)
         cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -198,7 +198,7 @@ class Codec(nn.Module):
             return self.decoder(self.quantizer.decode(codes))
 
     @contextlib.contextmanager
-    def streaming(self) -> Iterator["Codec"]:
+    def streaming(self) -> Iterator[Codec]:
         """Within the block, encode / decode take consecutive chunks of one stream; the
         result concatenated equals the offline result (codes exactly, audio within float
         rounding). Each layer keeps only the left context it needs."""
@@ -221,7 +221,10 @@ class Codec(nn.Module):
         unless ``n_q`` is given."""
         length = wav.shape[-1]
         z = self.encoder(self._pad(wav))
-        q = self.quantizer(z, n_q=n_q)
+        # Under bf16 autocast the code search would pick wrong neighbours and corrupt EMA
+        # statistics: the quantizer always runs in fp32, the convolutions in autocast's dtype.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            q = self.quantizer(z.float(), n_q=n_q)
         audio = self.decoder(q.quantized)[..., :length]
         return CodecOutput(
             audio=audio,

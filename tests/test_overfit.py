@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from conftest import KINDS, speech, tiny_model
 
 from codec.train.losses import multi_resolution_stft
-from conftest import KINDS, speech, tiny_model
 
 STEPS = 200
 

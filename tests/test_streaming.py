@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import KINDS, speech, tiny_model
 
 from codec.nn.conv import CausalConv1d
-from conftest import KINDS, speech, tiny_model
 
 
 def _warmed_model(kind: str, clip: torch.Tensor):

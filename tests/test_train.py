@@ -3,7 +3,6 @@ schedule, checkpoint bookkeeping, the manifest tool, and the `codec train` error
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import pytest

@@ -42,26 +42,17 @@ CRASH_ENV = "CODEC_TRAIN_CRASH"
 
 
 class TrainStep(nn.Module):
-    """What DDP wraps: the codec's training forward, with the quantizer outside autocast.
-
-    Under bf16 autocast the code search's distances would be computed in bf16, which flips
-    nearest neighbours and corrupts EMA statistics; so the encoder and decoder run in the
-    autocast dtype and the residual quantizer in float32. forward: audio float [B, 1, T] ->
-    (reconstruction float [B, 1, T], quantizer loss scalar).
-    """
+    """What DDP wraps: the codec's training forward (its quantizer always runs in fp32, see
+    Codec.forward). forward: audio float [B, 1, T] -> (reconstruction float [B, 1, T],
+    quantizer loss scalar)."""
 
     def __init__(self, codec: Codec) -> None:
         super().__init__()
         self.codec = codec
 
     def forward(self, wav: Tensor) -> tuple[Tensor, Tensor]:
-        length = wav.shape[-1]
-        extra = (-length) % self.codec.hop_length
-        z = self.codec.encoder(nn.functional.pad(wav, (0, extra)))
-        with torch.autocast(wav.device.type, enabled=False):
-            q = self.codec.quantizer(z.float())
-        audio = self.codec.decoder(q.quantized)[..., :length]
-        return audio.float(), q.loss.float()
+        out = self.codec(wav)
+        return out.audio.float(), out.quantizer_loss.float()
 
 
 @dataclass
