@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
 
 from codec.quant import build_quantizer
 
@@ -55,8 +56,10 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                     _average_gradients(q)
                     opt.step()
                     opt.zero_grad()
-            torch.save({k: v.detach().clone() for k, v in q.state_dict().items()},
-                       f"{out_dir}/{kind}_rank{rank}.pt")
+            save_file({k: v.detach().clone().contiguous() for k, v in q.state_dict().items()},
+                      f"{out_dir}/{kind}_rank{rank}.safetensors")
+        # Both ranks leave together: tearing gloo down while the peer still sends can abort.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -64,7 +67,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def test_ranks_stay_bitwise_identical(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     for kind in KINDS:
-        states = [torch.load(tmp_path / f"{kind}_rank{r}.pt") for r in range(WORLD)]
+        states = [load_file(tmp_path / f"{kind}_rank{r}.safetensors") for r in range(WORLD)]
         assert states[0].keys() == states[1].keys()
         for key in states[0]:
             assert torch.equal(states[0][key], states[1][key]), f"{kind}.{key} differs by rank"

@@ -38,27 +38,103 @@ class CausalConv1d(StreamingLayer):
         self.context = self.kernel_span - stride
         conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
         self.conv = weight_norm(conv) if norm == "weight_norm" else conv
-        self._cast: tuple[Tensor, Tensor] | None = None
+        self._infer: tuple[tuple, list[Tensor], Tensor] | None = None
 
     def reset_stream(self, streaming: bool) -> None:
         super().reset_stream(streaming)
-        self._cast = None
+        self._infer = None  # a new stream re-checks the weights once
+
+    # ----- inference fast path --------------------------------------------------------------
+    def _taps(self, dtype: torch.dtype) -> tuple[list[Tensor], Tensor]:
+        """Weights prepared for the matmul convolution, in ``dtype``: a list of [C_out, C_in]
+        per tap (stride 1) or [C_out, C_in * stride] per block of ``stride`` taps (kernel a
+        multiple of the stride, dilation 1), and the bias [C_out, 1].
+
+        Cached until a parameter changes: the key holds every parameter's storage and version
+        counter (optimizer steps, ``load_state_dict`` and in-place edits all bump it), so the
+        weight-norm product and the cast run once per weight version, not once per call.
+        """
+        cached = self._infer
+        if self._streaming and cached is not None and cached[0][0] == dtype:
+            # Within a stream the model is in inference and its weights are fixed: skip the key.
+            return cached[1], cached[2]
+        conv = self.conv
+        key = (dtype,) + tuple((p.data_ptr(), p._version) for p in conv.parameters())
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        w = conv.weight.detach().to(dtype)  # [C_out, C_in, k] (weight-norm applied)
+        c_out, c_in, k = w.shape
+        s = self.stride
+        if s == 1:
+            taps = [w[:, :, j].contiguous() for j in range(k)]
+        else:  # block j covers taps j*s .. j*s+s-1, laid out (channel, offset) like _blocks
+            taps = [w[:, :, j * s : (j + 1) * s].reshape(c_out, c_in * s).contiguous() for j in range(k // s)]
+        bias = conv.bias.detach().to(dtype).reshape(c_out, 1).contiguous()
+        self._infer = (key, taps, bias)
+        return taps, bias
+
+    def _fast_ok(self, x: Tensor) -> bool:
+        """The matmul path serves inference (no autograd) on dense float inputs whose layout
+        it handles: stride 1, or a kernel that is a whole number of strides without dilation."""
+        if torch.is_grad_enabled() and (x.requires_grad or self.conv.bias.requires_grad):
+            return False
+        if x.dtype not in (torch.float32, torch.float64):
+            return False
+        s, k = self.stride, self.conv.kernel_size[0]
+        if s != 1 and (k % s or self.conv.dilation[0] != 1):
+            return False
+        # fp64 (the exact encode path): always, PyTorch's fp64 conv is a slow im2col loop.
+        # fp32: oneDNN is faster on long inputs, the matmuls on the short chunks of a stream.
+        return x.dtype == torch.float64 or x.shape[-1] <= 4096
+
+    def _mm_conv(self, x: Tensor) -> Tensor:
+        """Convolution of already-padded x [B, C_in, L] as a sum of matmuls over shifted views
+        (no im2col copy): y = b + sum_j W_j x[..., j*d : j*d + n]. Same values as conv1d up to
+        the summation order (float rounding)."""
+        taps, bias = self._taps(x.dtype)
+        s, d = self.stride, self.conv.dilation[0]
+        n = (x.shape[-1] - self.kernel_span) // s + 1
+        b = x.shape[0]
+        if s != 1:
+            # [B, C, (n + m - 1) s] -> [B, C * s, n + m - 1]: row c*s + r holds x[c, t*s + r].
+            m = len(taps)
+            x = x[..., : (n + m - 1) * s].reshape(b, x.shape[1], n + m - 1, s).transpose(2, 3)
+            x = x.reshape(b, -1, n + m - 1)
+            offsets = range(m)
+        else:
+            offsets = range(0, len(taps) * d, d)
+        if b == 1:
+            x2 = x[0]
+            y = None
+            for w, o in zip(taps, offsets):
+                xs = x2[:, o : o + n]
+                y = torch.addmm(bias, w, xs) if y is None else y.addmm_(w, xs)
+            return y.unsqueeze(0)
+        y = None
+        for w, o in zip(taps, offsets):
+            t = torch.matmul(w, x[:, :, o : o + n])
+            y = t.add_(bias) if y is None else y.add_(t)
+        return y
 
     def _conv(self, x: Tensor) -> Tensor:
-        # Runs in the input's dtype: fp64 input (the exact encode path) casts the weights.
+        if self._fast_ok(x):
+            return self._mm_conv(x)
         conv = self.conv
         if x.dtype == conv.weight.dtype:
             return conv(x)
-        cached = self._cast
-        if cached is None or cached[0].dtype != x.dtype:
-            cached = (conv.weight.to(x.dtype), conv.bias.to(x.dtype))
-            # While streaming (eval, weights fixed) cast once per stream, not once per chunk.
-            self._cast = cached if self._streaming else None
-        return nn.functional.conv1d(x, cached[0], cached[1], conv.stride, 0, conv.dilation)
+        return nn.functional.conv1d(x, conv.weight.to(x.dtype), conv.bias.to(x.dtype), conv.stride, 0,
+                                    conv.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._streaming:
+            if self.context == 0:
+                return self._conv(x)
             return self._conv(nn.functional.pad(x, (self.context, 0)))
+        if self.context == 0 and self.stride == 1:
+            # Nothing to remember (a 1x1 conv): no buffer copy.
+            if self._buffer is None:
+                self._buffer = x.new_zeros(x.shape[0], x.shape[1], 0)
+            return self._conv(x)
         if self._buffer is None:
             self._buffer = x.new_zeros(x.shape[0], x.shape[1], self.context)
         x = torch.cat([self._buffer, x], dim=-1)

@@ -1,6 +1,8 @@
 """Nearest-neighbour search over a codebook, one matmul per call."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
@@ -9,7 +11,45 @@ from torch import Tensor
 _SNAP = 2.0**-32
 
 
-def nearest(x: Tensor, codebook: Tensor) -> Tensor:
+def codebook_norms(codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The exact path's per-codeword terms, computed once per codebook: the fp64 codebook
+    [K, d], its squared norms e2 [1, K] and their maximum (a 0-dim tensor), the same floats
+    ``nearest`` computes itself."""
+    es = codebook.detach().double()
+    e2 = (es * es).sum(dim=1)[None, :]
+    return es, e2, e2.max()
+
+
+#: fp64 codebook terms per live codebook tensor: id -> (weakref, storage, version, norms).
+_NORMS: dict[int, tuple] = {}
+
+
+def _cached_norms(codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``codebook_norms(codebook)``, computed once per codebook tensor and version.
+
+    A quantizer whose ``codebook()`` returns its Parameter or buffer (STE, EMA, DiVeQ) hits
+    the cache on every call; the entry is keyed on the very tensor object (a weak reference,
+    so a freed tensor whose memory is reused never matches), its storage pointer and its
+    version counter (optimizer steps, EMA updates, ``load_state_dict`` and in-place edits
+    bump it), so a stale entry is never used. Codebooks built per call (SimVQ's C W^T + b,
+    SF-DiVeQ's midpoints) are new tensors each time and are computed as before.
+    """
+    try:
+        key = (codebook.data_ptr(), codebook._version)
+    except RuntimeError:  # inference tensors have no version counter: no caching
+        return codebook_norms(codebook)
+    entry = _NORMS.get(id(codebook))
+    if entry is not None and entry[0]() is codebook and entry[1] == key:
+        return entry[2]
+    norms = codebook_norms(codebook)
+    if len(_NORMS) > 256:
+        for k in [k for k, e in _NORMS.items() if e[0]() is None]:
+            del _NORMS[k]
+    _NORMS[id(codebook)] = (weakref.ref(codebook), key, norms)
+    return norms
+
+
+def nearest(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Index of the closest codeword for every row.
 
     x: float [N, d]; codebook: float [K, d] -> int64 [N], argmin_k ||x - e_k||^2.
@@ -19,14 +59,21 @@ def nearest(x: Tensor, codebook: Tensor) -> Tensor:
     depends on the batch shape (a streamed frame vs a whole file); the snap makes the winner
     independent of it, duplicated codewords included, unless a candidate sits within ~1e-16
     of a snap boundary.
+
+    ``norms``: ``codebook_norms(codebook)`` (fp64 path only); by default they are cached
+    per codebook tensor and version (``_cached_norms``). The result is bit-identical. One matmul per call; the distance terms are
+    combined in place, with the same roundings as ``x2 + e2 - 2 * (x @ e^T)`` (the factor
+    2 is exact, so the fused multiply-add of ``sub_(alpha=2)`` rounds once, like the
+    original subtraction).
     """
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        if x.dtype != torch.float64:
+    if x.dtype != torch.float64:
+        with torch.autocast(device_type=x.device.type, enabled=False):
             xs, es = x.detach().float(), codebook.detach().float()
             return ((es * es).sum(dim=1)[None, :] - 2.0 * (xs @ es.t())).argmin(dim=1)
-        xs, es = x.detach(), codebook.detach().double()
-        x2 = (xs * xs).sum(dim=1, keepdim=True)
-        e2 = (es * es).sum(dim=1)[None, :]
-        dist = x2 + e2 - 2.0 * (xs @ es.t())
-        scale = (x2 + e2.max()).clamp_min(1e-300)
-        return torch.round(dist / (scale * _SNAP)).argmin(dim=1)
+    # fp64: autocast never casts float64 operands, so no autocast guard is needed here.
+    xs = x.detach()
+    es, e2, e2max = _cached_norms(codebook) if norms is None else norms
+    x2 = (xs * xs).sum(dim=1, keepdim=True)
+    dist = torch.add(x2, e2).sub_(xs @ es.t(), alpha=2.0)
+    scale = (x2 + e2max).clamp_min_(1e-300).mul_(_SNAP)
+    return dist.div_(scale).round_().argmin(dim=1)

@@ -1,0 +1,452 @@
+#!/usr/bin/env python
+"""Speed benchmark of the codec, side by side with EnCodec's 24 kHz model at 6 kbps.
+
+    python tools/bench.py                       # the full table (base recipe, random weights)
+    python tools/bench.py --quick               # seconds, not minutes (smoke test settings)
+    python tools/bench.py --json out.json       # also write every number as JSON
+
+Every timing is the median of ``--repeats`` runs after ``--warmup`` runs. RTF (real-time
+factor) = seconds of compute per second of audio; "x EnCodec" = our time / EnCodec's time.
+
+What it measures (each with 1 thread and with all threads, ``--threads``):
+- offline encode / decode of a ``--seconds`` clip (default 10 s);
+- streaming encode / decode in 20 ms and 320 ms chunks (``--chunks``);
+- per-chunk cost over a ``--stream-seconds`` stream (default 60 s, 20 ms chunks, encode +
+  decode of each chunk): the mean of the last 10 s over the mean of the first 10 s;
+- peak memory (RSS growth of a fresh process running one offline encode + decode);
+- bitstream pack / unpack (fixed-width) and range coding / decoding (constriction) of the
+  clip's codes, also as a share of the encode time;
+- nearest-neighbour search time per stage for K = 1024 ... 65536 (fp64, the encode path);
+- a training step of the recipe on the CPU (batch and crop from the recipe) and seconds of
+  audio trained per second;
+- multiply-adds per second of audio (convolutions, LSTMs, linear layers, code search)
+  for our model and for EnCodec's.
+
+EnCodec (the ``encodec`` package, random weights: speed does not depend on them) imports
+torchaudio for file I/O only; torchaudio cannot load beside the CPU torch used here, so this
+script puts an empty stub module in its place before importing encodec (nothing here uses it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from codec import Codec
+from codec.nn.conv import CausalConv1d
+
+ALL = "all"
+
+
+# ----- timing helpers ---------------------------------------------------------------------------
+def timeit(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs, in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def set_threads(n: int | str) -> int:
+    count = os.cpu_count() or 1 if n == ALL else int(n)
+    torch.set_num_threads(count)
+    return count
+
+
+# ----- EnCodec --------------------------------------------------------------------------------------
+def load_encodec(bandwidth: float = 6.0):
+    """EnCodec 24 kHz (random weights) at ``bandwidth`` kbps, or None if not installed."""
+    if "torchaudio" not in sys.modules:
+        # encodec imports torchaudio only for audio file I/O; stub it (see the module docstring).
+        stub = types.ModuleType("torchaudio")
+        stub.__dict__["__bench_stub__"] = True
+        sys.modules["torchaudio"] = stub
+    try:
+        import warnings
+
+        from encodec import EncodecModel
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = EncodecModel.encodec_model_24khz(pretrained=False)
+    except ImportError:
+        return None
+    model.set_target_bandwidth(bandwidth)
+    return model.eval()
+
+
+# ----- multiply-add counting ------------------------------------------------------------------------
+def count_macs(model: nn.Module, run: Callable[[], object]) -> int:
+    """Multiply-adds of ``run()`` in ``model``'s convolutions, LSTMs and linear layers, from
+    the shapes the layers actually see (forward hooks). Our CausalConv1d is counted as a
+    whole (its inner Conv1d is skipped so nothing counts twice). Element-wise work
+    (activations, norms, additions) is not counted."""
+    total = [0]
+    inner = {id(m.conv) for m in model.modules() if isinstance(m, CausalConv1d)}
+
+    def conv_hook(mod, inp, out):
+        conv = mod.conv if isinstance(mod, CausalConv1d) else mod
+        k = conv.kernel_size[0]
+        total[0] += out.numel() * (conv.in_channels // conv.groups) * k
+
+    def tconv_hook(mod, inp, out):
+        x = inp[0]
+        total[0] += x.numel() * (mod.out_channels // mod.groups) * mod.kernel_size[0]
+
+    def linear_hook(mod, inp, out):
+        total[0] += out.numel() * mod.in_features
+
+    def lstm_hook(mod, inp, out):
+        x = inp[0]
+        steps = x.numel() // x.shape[-1]  # time x batch
+        dirs = 2 if mod.bidirectional else 1
+        h = mod.hidden_size
+        for layer in range(mod.num_layers):
+            i = mod.input_size if layer == 0 else h * dirs
+            total[0] += steps * dirs * 4 * h * (i + h)
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, CausalConv1d) or isinstance(m, nn.Conv1d) and id(m) not in inner:
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.ConvTranspose1d):
+            handles.append(m.register_forward_hook(tconv_hook))
+        elif isinstance(m, nn.LSTM):
+            handles.append(m.register_forward_hook(lstm_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def our_macs(model: Codec, seconds: float = 1.0) -> dict[str, float]:
+    """Multiply-adds per second of audio: encoder, code search, decoder."""
+    wav = torch.zeros(1, 1, int(seconds * model.sample_rate))
+    enc = count_macs(model.encoder, lambda: model.encoder(wav))
+    frames = model.frame_rate * seconds
+    search = frames * sum(k * model.cfg.latent_dim for k in model.codebook_sizes)
+    z = torch.zeros(1, model.cfg.latent_dim, int(frames))
+    dec = count_macs(model.decoder, lambda: model.decoder(z))
+    return {"encoder": enc / seconds, "search": search / seconds, "decoder": dec / seconds}
+
+
+def encodec_macs(model, seconds: float = 1.0) -> dict[str, float]:
+    wav = torch.zeros(1, 1, int(seconds * model.sample_rate))
+    enc = count_macs(model.encoder, lambda: model.encoder(wav))
+    frames = model.frame_rate * seconds
+    n_q = model.quantizer.get_num_quantizers_for_bandwidth(model.frame_rate, model.bandwidth)
+    search = frames * n_q * model.quantizer.bins * model.quantizer.dimension
+    z = torch.zeros(1, model.quantizer.dimension, int(frames))
+    dec = count_macs(model.decoder, lambda: model.decoder(z))
+    return {"encoder": enc / seconds, "search": search / seconds, "decoder": dec / seconds}
+
+
+# ----- our model ---------------------------------------------------------------------------------------
+def stream_encode(model: Codec, wav: torch.Tensor, chunk: int) -> torch.Tensor:
+    with model.streaming():
+        parts = [model.encode(wav[..., i : i + chunk]) for i in range(0, wav.shape[-1], chunk)]
+        parts.append(model.flush())
+    return torch.cat(parts, dim=-1)
+
+
+def stream_decode(model: Codec, codes: torch.Tensor, frames: int) -> torch.Tensor:
+    with model.streaming():
+        return torch.cat([model.decode(codes[..., t : t + frames])
+                          for t in range(0, codes.shape[-1], frames)], dim=-1)
+
+
+def flatness(model: Codec, seconds: float, chunk: int, window: float = 10.0) -> dict[str, float]:
+    """Stream ``seconds`` of audio in ``chunk``-sample chunks (encode, then decode the frames
+    it completed); per-chunk times of the first and last ``window`` seconds."""
+    sr = model.sample_rate
+    gen = torch.Generator().manual_seed(1)
+    wav = 0.1 * torch.randn(1, 1, int(seconds * sr), generator=gen)
+    times = []
+    with torch.no_grad(), model.streaming():
+        for i in range(0, wav.shape[-1], chunk):
+            t0 = time.perf_counter()
+            codes = model.encode(wav[..., i : i + chunk])
+            model.decode(codes)
+            times.append(time.perf_counter() - t0)
+    n = max(1, int(min(window, seconds / 2) * sr / chunk))
+    first, last = statistics.mean(times[:n]), statistics.mean(times[-n:])
+    return {"first_ms": 1e3 * first, "last_ms": 1e3 * last, "ratio": last / first,
+            "rtf": sum(times) / seconds, "chunks": len(times)}
+
+
+def peak_memory(recipe: str, seconds: float) -> dict[str, float]:
+    """RSS growth (MiB) of a fresh process for one offline encode + decode of ``seconds``."""
+    out = subprocess.run([sys.executable, __file__, "--_memprobe", recipe, str(seconds)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _memprobe(recipe: str, seconds: float) -> None:
+    torch.set_num_threads(1)
+    model = Codec.from_config(recipe).eval()
+    wav = 0.1 * torch.randn(1, 1, int(seconds * model.sample_rate))
+    with torch.no_grad():
+        model.decode(model.encode(wav[..., : model.hop_length]))  # lazy inits, caches
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.no_grad():
+        model.decode(model.encode(wav))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"baseline_mib": base / 1024, "peak_mib": peak / 1024, "growth_mib": (peak - base) / 1024}))
+
+
+def bitstream_times(model: Codec, codes: torch.Tensor, repeats: int, warmup: int) -> dict[str, float]:
+    """Pack / unpack and range-code / decode ``codes`` [1, N, F]; seconds per call."""
+    from codec.bitstream import entropy
+    from codec.bitstream.packing import pack_codes, unpack_codes
+    from codec.bitstream.priors import Priors
+
+    c = codes[0].numpy()
+    n, f = c.shape
+    widths = tuple(math.ceil(math.log2(k)) for k in model.codebook_sizes[:n])
+    data = pack_codes(c, widths)
+    assert np.array_equal(unpack_codes(data, f, widths), c)
+    counts = [np.bincount(row, minlength=k) for row, k in zip(c, model.codebook_sizes)]
+    priors = Priors.from_counts(counts, b"\0" * 16, f)
+    blocks = [c[:, i : i + 256] for i in range(0, f, 256)]  # the container's records
+    records = [entropy.encode_record(b, priors) for b in blocks]
+    return {
+        "pack": timeit(lambda: pack_codes(c, widths), repeats, warmup),
+        "unpack": timeit(lambda: unpack_codes(data, f, widths), repeats, warmup),
+        "range_encode": timeit(lambda: [entropy.encode_record(b, priors) for b in blocks], repeats, warmup),
+        "range_decode": timeit(lambda: [entropy.decode_record(r, b.shape[1], n, priors)
+                                        for r, b in zip(records, blocks)], repeats, warmup),
+        "bytes_fixed": len(data), "bytes_range": sum(len(r) + 4 for r in records),
+    }
+
+
+def search_times(ks: list[int], dim: int, rows: int, repeats: int, warmup: int) -> dict[int, float]:
+    """Seconds per call of one stage's exact (fp64) nearest-neighbour search, ``rows`` rows."""
+    from codec.quant.search import codebook_norms, nearest
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
+    out = {}
+    for k in ks:
+        book = torch.randn(k, dim, generator=gen)
+        norms = codebook_norms(book)  # cached per codebook in the model
+        out[k] = timeit(lambda n=norms: nearest(x, n[0], n), repeats, warmup)
+    return out
+
+
+def train_step_time(recipe: str, repeats: int, warmup: int, batch: int | None, crop: float | None) -> dict[str, float]:
+    """One optimizer step (forward, losses, backward, AdamW) on random audio, fp32 on the CPU."""
+    from codec.train.config import load_training_recipe
+    from codec.train.loop import TrainStep
+    from codec.train.losses import ReconstructionLoss
+    from codec.train.optim import build_optimizer
+
+    _, model_cfg, cfg = load_training_recipe(recipe)
+    batch = batch or cfg.batch_size
+    crop = crop or cfg.data.crop_seconds
+    torch.manual_seed(0)
+    codec = Codec(model_cfg).train()
+    step = TrainStep(codec)
+    opt, sched = build_optimizer(step, cfg)
+    loss_fn = ReconstructionLoss(codec.sample_rate, stft_weight=cfg.loss.stft, l1_weight=cfg.loss.l1,
+                                 mel_weight=cfg.loss.mel, mel_windows=cfg.loss.mel_windows,
+                                 n_mels=cfg.loss.n_mels)
+    wav = 0.1 * torch.randn(batch, 1, int(crop * codec.sample_rate))
+
+    def one() -> None:
+        audio, qloss = step(wav)
+        loss, _ = loss_fn(audio, wav)
+        loss = loss + cfg.loss.quantizer * qloss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad_norm:
+            nn.utils.clip_grad_norm_(step.parameters(), cfg.clip_grad_norm)
+        opt.step()
+        sched.step()
+
+    t = timeit(one, repeats, warmup)
+    return {"step_s": t, "batch": batch, "crop_s": crop, "audio_s_per_s": batch * crop / t}
+
+
+# ----- the run ------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
+    res: dict = {"recipe": args.recipe, "seconds": args.seconds, "machine": platform.processor() or platform.machine(),
+                 "cpus": os.cpu_count(), "torch": torch.__version__, "load_before": os.getloadavg()}
+    torch.manual_seed(0)
+    model = Codec.from_config(args.recipe).eval()
+    sr = model.sample_rate
+    gen = torch.Generator().manual_seed(0)
+    wav = 0.1 * torch.randn(1, 1, int(args.seconds * sr), generator=gen)
+    enc = None if args.no_encodec else load_encodec(6.0)
+    res["encodec"] = enc is not None
+    if enc is not None:
+        ewav = 0.1 * torch.randn(1, 1, int(args.seconds * enc.sample_rate), generator=gen)
+    rep, warm, sec = args.repeats, args.warmup, args.seconds
+
+    res["macs"] = {"ours": our_macs(model)}
+    if enc is not None:
+        res["macs"]["encodec"] = encodec_macs(enc)
+
+    res["threads"] = {}
+    for spec in args.threads.split(","):
+        n = set_threads(spec)
+        r: dict = {"threads": n}
+        with torch.no_grad():
+            codes = model.encode(wav)
+            r["encode"] = timeit(lambda: model.encode(wav), rep, warm) / sec
+            r["decode"] = timeit(lambda c=codes: model.decode(c), rep, warm) / sec
+            for chunk in args.chunks:
+                frames = max(1, chunk // model.hop_length)
+                ms = round(1000 * chunk / sr)
+                streamed = stream_encode(model, wav, chunk)
+                assert torch.equal(streamed, codes), "streamed codes differ from offline codes"
+                r[f"stream_encode_{ms}ms"] = timeit(lambda n=chunk: stream_encode(model, wav, n), rep, warm) / sec
+                r[f"stream_decode_{ms}ms"] = timeit(lambda c=codes, f=frames: stream_decode(model, c, f), rep, warm) / sec
+            if enc is not None:
+                frames_e = enc.encode(ewav)
+                r["encodec_encode"] = timeit(lambda: enc.encode(ewav), rep, warm) / sec
+                r["encodec_decode"] = timeit(lambda fe=frames_e: enc.decode(fe), rep, warm) / sec
+                r["ratio_vs_encodec"] = (r["encode"] + r["decode"]) / (r["encodec_encode"] + r["encodec_decode"])
+        res["threads"][str(spec)] = r
+
+    set_threads(1)
+    with torch.no_grad():
+        codes = model.encode(wav)
+        encode_s = timeit(lambda: model.encode(wav), rep, warm)
+    bs = bitstream_times(model, codes, max(rep, 5), warm)
+    bs["fixed_share_of_encode"] = (bs["pack"] + bs["unpack"]) / encode_s
+    bs["range_share_of_encode"] = (bs["range_encode"] + bs["range_decode"]) / encode_s
+    bs["per_audio_second"] = {k: bs[k] / sec for k in ("pack", "unpack", "range_encode", "range_decode")}
+    res["bitstream"] = bs
+
+    rows = round(model.frame_rate * sec)
+    st = search_times(args.ks, model.cfg.latent_dim, rows, rep, warm)
+    res["search_per_stage"] = {str(k): v / sec for k, v in st.items()}  # seconds per audio second
+
+    if args.stream_seconds > 0:
+        res["flatness"] = flatness(model, args.stream_seconds, args.flat_chunk)
+    if not args.no_memory:
+        res["memory"] = peak_memory(args.recipe, sec)
+    if not args.no_train:
+        set_threads(ALL)
+        res["train"] = train_step_time(args.recipe, max(1, rep // 2), 1, args.train_batch, args.train_crop)
+        res["train"]["threads"] = torch.get_num_threads()
+    res["load_after"] = os.getloadavg()
+    return res
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(res: dict) -> str:
+    lines = [(f"Recipe `{res['recipe']}` (random weights), {res['seconds']:g} s clip, torch {res['torch']}, "
+             f"{res['cpus']} CPUs; load average before / after: {res['load_before'][0]:.2f} / {res['load_after'][0]:.2f}."),
+             "", "Real-time factor (seconds of compute per second of audio; lower is faster):", ""]
+    specs = list(res["threads"])
+    lines.append("| | " + " | ".join(f"{res['threads'][s]['threads']} thread(s)" for s in specs) + " |")
+    lines.append("| --- |" + " --- |" * len(specs))
+    keys = ["encode", "decode"] + [k for k in res["threads"][specs[0]] if k.startswith("stream_")]
+    if res["encodec"]:
+        keys += ["encodec_encode", "encodec_decode", "ratio_vs_encodec"]
+    names = {"ratio_vs_encodec": "ours / EnCodec (encode + decode)", "encodec_encode": "EnCodec 24 kHz 6 kbps encode",
+             "encodec_decode": "EnCodec 24 kHz 6 kbps decode"}
+    for k in keys:
+        label = names.get(k, k.replace("_", " "))
+        lines.append(f"| {label} | " + " | ".join(fmt(res["threads"][s].get(k)) for s in specs) + " |")
+    m = res["macs"]
+    lines += ["", "Multiply-adds per second of audio (millions):", "",
+              "| model | encoder | code search | decoder | total |", "| --- | --- | --- | --- | --- |"]
+    for name, d in m.items():
+        lines.append(f"| {name} | {d['encoder'] / 1e6:.0f} | {d['search'] / 1e6:.0f} | {d['decoder'] / 1e6:.0f} | "
+                     f"{sum(d.values()) / 1e6:.0f} |")
+    if "flatness" in res:
+        f = res["flatness"]
+        lines += ["", (f"Streaming {f['chunks']} chunks (encode + decode each): first 10 s {f['first_ms']:.3f} ms/chunk, "
+                  f"last 10 s {f['last_ms']:.3f} ms/chunk (ratio {f['ratio']:.3f}), RTF {f['rtf']:.3f}.")]
+    b = res["bitstream"]
+    lines += ["", (f"Bitstream (1 thread, per second of audio): pack {1e3 * b['per_audio_second']['pack']:.3f} ms, "
+              f"unpack {1e3 * b['per_audio_second']['unpack']:.3f} ms ({100 * b['fixed_share_of_encode']:.2f}% of "
+              f"encoding); range encode {1e3 * b['per_audio_second']['range_encode']:.3f} ms, decode "
+              f"{1e3 * b['per_audio_second']['range_decode']:.3f} ms ({100 * b['range_share_of_encode']:.2f}% of encoding).")]
+    lines += ["", "Exact (fp64) nearest-neighbour search, one stage, ms per second of audio: " +
+              ", ".join(f"K={k}: {1e3 * v:.2f}" for k, v in res["search_per_stage"].items()) + "."]
+    if "memory" in res:
+        mem = res["memory"]
+        lines += ["", (f"Peak memory of an offline encode + decode: +{mem['growth_mib']:.0f} MiB over "
+                  f"{mem['baseline_mib']:.0f} MiB (RSS).")]
+    if "train" in res:
+        t = res["train"]
+        lines += ["", (f"Training step on the CPU ({t['threads']} threads, batch {t['batch']} x {t['crop_s']:g} s): "
+                  f"{t['step_s']:.2f} s, {t['audio_s_per_s']:.2f} s of audio per second. GPU: not measured "
+                  f"(no GPU lent to this run).")]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--recipe", default=str(REPO / "recipes" / "base.yaml"))
+    p.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", default=f"1,{ALL}", help="comma list of thread counts, 'all' = every core")
+    p.add_argument("--chunks", type=lambda s: [int(v) for v in s.split(",")], default=[320, 5120],
+                   help="streaming chunk sizes in samples (default 320,5120 = 20 and 320 ms)")
+    p.add_argument("--stream-seconds", type=float, default=60.0, help="length of the flatness stream (0: skip)")
+    p.add_argument("--flat-chunk", type=int, default=320)
+    p.add_argument("--ks", type=lambda s: [int(v) for v in s.split(",")],
+                   default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
+    p.add_argument("--train-batch", type=int, default=None)
+    p.add_argument("--train-crop", type=float, default=None)
+    p.add_argument("--no-encodec", action="store_true")
+    p.add_argument("--no-train", action="store_true")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
+    p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.add_argument("--_memprobe", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.repeats, args.warmup, args.stream_seconds = 1.0, 1, 0, 2.0
+        args.ks, args.train_batch, args.train_crop = [1024, 2048], 2, 0.2
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args._memprobe:
+        _memprobe(args._memprobe[0], float(args._memprobe[1]))
+        return {}
+    res = run(args)
+    print(markdown(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()
