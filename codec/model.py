@@ -136,7 +136,7 @@ class Codec(nn.Module):
 
     def bitrate(self, n_q: int | None = None) -> float:
         """Nominal bits per second with the first n_q stages: frame_rate * sum log2 K_i."""
-        n = self.quantizer._check_n_q(n_q)
+        n = self.quantizer.check_n_q(n_q)
         return self.frame_rate * sum(math.log2(k) for k in self.codebook_sizes[:n])
 
     # ----- inference --------------------------------------------------------------------
@@ -167,9 +167,12 @@ class Codec(nn.Module):
         self._stream_batch = wav.shape[0]
         z = self.encoder(wav.double())
         if z.shape[-1] == 0:
-            n = self.quantizer._check_n_q(n_q)
-            return torch.zeros(wav.shape[0], n, 0, dtype=torch.long, device=wav.device)
+            return self._no_frames(wav.shape[0], n_q, wav.device)
         return self.quantizer.encode(z, n_q)
+
+    def _no_frames(self, batch: int, n_q: int | None, device: torch.device) -> Tensor:
+        """Empty codes int64 [batch, n_q, 0]: a chunk that completed no frame."""
+        return torch.zeros(batch, self.quantizer.check_n_q(n_q), 0, dtype=torch.long, device=device)
 
     @torch.no_grad()
     def flush(self, n_q: int | None = None) -> Tensor:
@@ -180,8 +183,7 @@ class Codec(nn.Module):
         pending = (-self._stream_samples) % self.hop_length
         device = next(self.parameters()).device
         if pending == 0:
-            n = self.quantizer._check_n_q(n_q)
-            return torch.zeros(self._stream_batch, n, 0, dtype=torch.long, device=device)
+            return self._no_frames(self._stream_batch, n_q, device)
         return self.encode(torch.zeros(self._stream_batch, 1, pending, device=device), n_q)
 
     @torch.no_grad()

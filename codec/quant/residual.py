@@ -87,7 +87,8 @@ class ResidualQuantizer(nn.Module):
     def codebook_sizes(self) -> list[int]:
         return [s.codebook_size for s in self.stages]
 
-    def _check_n_q(self, n_q: int | None) -> int:
+    def check_n_q(self, n_q: int | None) -> int:
+        """The number of stages to use: n_q, or all when None; ValueError outside [1, N]."""
         n = self.num_stages if n_q is None else int(n_q)
         if not 1 <= n <= self.num_stages:
             raise ValueError(f"n_q must be in [1, {self.num_stages}], got {n_q}")
@@ -113,7 +114,7 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:
         """Latents float [B, D, F] -> codes int64 [B, n_q, F] (all stages when n_q is None)."""
-        n = self._check_n_q(n_q)
+        n = self.check_n_q(n_q)
         b, _, f = z.shape
         r = self._rows(z)
         codes = []
@@ -127,7 +128,7 @@ class ResidualQuantizer(nn.Module):
     def decode(self, codes: Tensor) -> Tensor:
         """Codes int64 [B, n, F] (n <= num_stages) -> latents float [B, D, F], sum of lookups."""
         b, n, f = codes.shape
-        self._check_n_q(n)
+        self.check_n_q(n)
         rows = codes.transpose(1, 2).reshape(b * f, n)
         total = torch.zeros(b * f, self.latent_dim, device=codes.device)
         for i, stage in enumerate(self.stages[:n]):
@@ -146,9 +147,9 @@ class ResidualQuantizer(nn.Module):
         x = self._rows(z)
         if self.training:
             n_items = self.sample_n_q(b, z.device) if n_q is None else torch.full(
-                (b,), self._check_n_q(n_q), dtype=torch.long, device=z.device)
+                (b,), self.check_n_q(n_q), dtype=torch.long, device=z.device)
         else:
-            n_items = torch.full((b,), self._check_n_q(n_q), dtype=torch.long, device=z.device)
+            n_items = torch.full((b,), self.check_n_q(n_q), dtype=torch.long, device=z.device)
         row_nq = n_items.repeat_interleave(f)
         valid = None if frame_mask is None else frame_mask.reshape(-1).bool()
         # Training runs every stage on every rank even when dropout masks all its rows: EMA,
