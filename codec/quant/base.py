@@ -46,21 +46,35 @@ class Quantizer(nn.Module):
     #: builds one global DiVeQ over the total (QUANTIZERS.md section 7).
     differentiable_codeword: bool = False
 
-    def __init__(self, dim: int, codebook_size: int) -> None:
+    def __init__(self, dim: int, codebook_size: int, cosine_search: bool = False) -> None:
         super().__init__()
         if dim < 1 or codebook_size < 2:
             raise ValueError(f"need dim >= 1 and codebook_size >= 2, got {dim}, {codebook_size}")
         self.dim = dim
         self.codebook_size = codebook_size
+        #: Search with L2-normalised vectors (max cosine, as DAC), output the raw codeword.
+        self.cosine_search = cosine_search
 
     def codebook(self) -> Tensor:
         """The effective codewords, float [codebook_size, dim]."""
         raise NotImplementedError
 
+    def search(self, x: Tensor, book: Tensor) -> Tensor:
+        """The code of every row: x float [N, dim], book float [K, dim] -> int64 [N].
+
+        argmin_k ||x - e_k||^2, or with ``cosine_search`` argmin_k ||x^ - e^_k||^2 with
+        x^ = x / ||x||, e^_k = e_k / ||e_k||, i.e. the largest cosine (DAC's factorised codes:
+        the search is normalised, the output stays the raw codeword e_k). fp64 rows take the
+        exact path of ``nearest`` in both cases.
+        """
+        if self.cosine_search:
+            return nearest(l2_normalize(x.detach()), l2_normalize(book.detach()))
+        return nearest(x, book)
+
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """Hard nearest-neighbour indices: x float [N, dim] -> int64 [N]. Deterministic."""
-        return nearest(x, self.codebook())
+        return self.search(x, self.codebook())
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
@@ -75,7 +89,7 @@ class Quantizer(nn.Module):
         """The inference contract: index and exact lookup, no noise, no state change."""
         with torch.no_grad():
             book = self.codebook()
-            codes = nearest(x, book)
+            codes = self.search(x, book)
             c = book[codes]
         return QuantizerOutput(quantized=c, codes=codes, codeword=c, loss=x.new_zeros(()))
 
@@ -88,7 +102,14 @@ class Quantizer(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, codebook_size={self.codebook_size}"
+        extra = ", cosine_search=True" if self.cosine_search else ""
+        return f"dim={self.dim}, codebook_size={self.codebook_size}{extra}"
+
+
+def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """Rows of x [N, d] scaled to unit L2 norm (a zero row stays zero), in x's dtype."""
+    norm = x.pow(2).sum(dim=-1, keepdim=True).sqrt()
+    return x / norm.clamp_min(eps)
 
 
 def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from codec.quant.base import Quantizer, QuantizerOutput
 from codec.quant.distributed import all_reduce_sum, broadcast_from_rank0, rank
-from codec.quant.search import nearest
+from codec.quant.restart import CodeRestart
 
 #: Size of the perturbation added to a copied code on replacement, relative to its norm.
 #: A fixed tiny value (the official 1e-9) is below fp32 resolution for codewords of size ~1.
@@ -62,6 +62,11 @@ class DiVeQQuantizer(Quantizer):
         replace_min_usage: a code used in fewer than this fraction of those steps is replaced
             by a used code (sampled in proportion to its assignment count) plus a perturbation
             of relative size REPLACE_PERTURBATION.
+        cosine_search: pick the code of largest cosine (L2-normalised search, as DAC); the
+            output and its gradients use the raw codeword as before.
+        restart_after: restart a code unused for this many training steps from a random
+            active batch row (restart.py, checked every step); 0: never. Independent of the
+            official periodic replacement above.
 
     Buffers: ``step`` (training steps so far), ``used_steps`` [K] (steps in which each code was
     used on any rank since the last replacement), ``usage`` [K] (assignments, all ranks).
@@ -71,8 +76,9 @@ class DiVeQQuantizer(Quantizer):
 
     def __init__(self, dim: int, codebook_size: int, sigma: float = 1e-3,
                  detach_variant: bool = False, replace_every: int = 100,
-                 replace_min_usage: float = 0.01) -> None:
-        super().__init__(dim, codebook_size)
+                 replace_min_usage: float = 0.01, cosine_search: bool = False,
+                 restart_after: int = 0) -> None:
+        super().__init__(dim, codebook_size, cosine_search)
         self.sigma = sigma
         self.detach_variant = detach_variant
         self.replace_every = replace_every
@@ -81,17 +87,21 @@ class DiVeQQuantizer(Quantizer):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("used_steps", torch.zeros(codebook_size))
         self.register_buffer("usage", torch.zeros(codebook_size))
+        # Only built when enabled, so checkpoints without restarts keep their keys.
+        self.restart = CodeRestart(codebook_size, restart_after) if restart_after > 0 else None
 
     def codebook(self) -> Tensor:
         """The codewords, the Parameter itself: float [K, d]."""
         return self.embed
 
     @torch.no_grad()
-    def _record_usage(self, codes: Tensor, mask: Tensor | None) -> None:
-        """Add this step's (all-reduced) assignment counts of the active rows."""
-        weight = None if mask is None else mask.float()
-        counts = torch.bincount(codes, weights=weight, minlength=self.codebook_size).float()
-        all_reduce_sum(counts)
+    def _record_usage(self, codes: Tensor, mask: Tensor | None, counts: Tensor | None = None) -> None:
+        """Add this step's (all-reduced) assignment counts of the active rows (``counts`` [K]
+        when already computed and all-reduced, e.g. by the restart tracker)."""
+        if counts is None:
+            weight = None if mask is None else mask.float()
+            counts = torch.bincount(codes, weights=weight, minlength=self.codebook_size).float()
+            all_reduce_sum(counts)
         self.usage += counts
         self.used_steps += (counts > 0).float()
 
@@ -131,10 +141,17 @@ class DiVeQQuantizer(Quantizer):
         step = int(self.step)
         if self.replace_every > 0 and step > 0 and step % self.replace_every == 0:
             self.replace_unused()
-        codes = nearest(x, self.embed)  # from the clean z: no noise in the selection
+        if self.restart is not None:
+            proposal = self.restart.propose(x, mask)
+            if proposal is not None:
+                dead, rows = proposal
+                with torch.no_grad():
+                    self.embed.copy_(torch.where(dead[:, None], rows.to(self.embed), self.embed))
+        codes = self.search(x, self.embed)  # from the clean z: no noise in the selection
+        counts = None if self.restart is None else self.restart.record(codes, mask)
         c = self.embed[codes]
         y = x + directional_step(x, c, self.sigma, self.detach_variant)
-        self._record_usage(codes, mask)
+        self._record_usage(codes, mask, counts)
         self.step += 1
         return QuantizerOutput(quantized=y, codes=codes, codeword=c, loss=x.new_zeros(()))
 

@@ -14,7 +14,6 @@ from torch import Tensor
 from codec.quant.base import Quantizer, QuantizerOutput, masked_mean
 from codec.quant.distributed import all_reduce_sum, broadcast_from_rank0, rank
 from codec.quant.kmeans import kmeans
-from codec.quant.search import nearest
 
 
 def sample_rows(x: Tensor, mask: Tensor | None, count: int) -> tuple[Tensor, Tensor]:
@@ -46,6 +45,8 @@ class EMAQuantizer(Quantizer):
         commitment: weight beta_c of mean||z - sg(c)||^2 (EnCodec 1.0).
         kmeans_init: k-means on the first training batch (else random-normal codewords).
         kmeans_iters: Lloyd iterations for that init (50).
+        cosine_search: pick the code of largest cosine (L2-normalised search, as DAC); the
+            EMA statistics, the output and the loss use the raw vectors as before.
 
     Buffers (all float32): cluster_size N [K], embed_sum m [K, d], embed e [K, d],
     initialized (bool scalar).
@@ -53,8 +54,8 @@ class EMAQuantizer(Quantizer):
 
     def __init__(self, dim: int, codebook_size: int, decay: float = 0.99, eps: float = 1e-5,
                  dead_threshold: float = 2.0, commitment: float = 1.0, kmeans_init: bool = True,
-                 kmeans_iters: int = 50) -> None:
-        super().__init__(dim, codebook_size)
+                 kmeans_iters: int = 50, cosine_search: bool = False) -> None:
+        super().__init__(dim, codebook_size, cosine_search)
         self.decay = decay
         self.eps = eps
         self.dead_threshold = dead_threshold
@@ -100,7 +101,7 @@ class EMAQuantizer(Quantizer):
                      codes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Counts n [K] and sums s [K, d] of the active rows per code, summed over ranks."""
         if codes is None:
-            codes = nearest(x, self.embed)
+            codes = self.search(x, self.embed)
         x32 = x.detach().float()
         weight = x32.new_ones(x.shape[0]) if mask is None else mask.to(x32.dtype)
         n = torch.zeros_like(self.cluster_size).index_add_(0, codes, weight)
@@ -141,7 +142,7 @@ class EMAQuantizer(Quantizer):
             return self.eval_output(x)
         if not bool(self.initialized):
             self._kmeans_init(x, mask)
-        codes = nearest(x, self.embed)
+        codes = self.search(x, self.embed)
         c = self.embed[codes].to(x.dtype)
         loss = self.commitment * masked_mean((x - c).pow(2), mask)
         y = x + (c - x).detach()

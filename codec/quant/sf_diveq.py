@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from codec.quant.base import Quantizer, QuantizerOutput
 from codec.quant.distributed import broadcast_from_rank0, rank
 from codec.quant.diveq import directional_step
+from codec.quant.ema import sample_rows
+from codec.quant.restart import CodeRestart
 from codec.quant.search import nearest
 
 
@@ -40,6 +42,10 @@ class SFDiVeQQuantizer(Quantizer):
         warmup_steps: training steps during which the layer is the identity and collects
             latents; at their end vertex j becomes the mean of the j-th contiguous chunk.
         warmup_max_vectors: size of the reservoir sample of collected latents.
+        restart_after: after the warm-up, a vertex whose adjacent segments (symbols) were all
+            unused for this many training steps is moved onto a random active batch row
+            (restart.py); vertices shared with a used segment stay, so used symbols never
+            move. 0: never (the official layer has no replacement).
 
     State: ``vertices`` Parameter [K + 1, d]; buffer ``step``. The reservoir is a
     non-persistent buffer (not saved: a resume mid-warm-up restarts the collection) and is
@@ -49,7 +55,8 @@ class SFDiVeQQuantizer(Quantizer):
     differentiable_codeword = True
 
     def __init__(self, dim: int, codebook_size: int, sigma: float = 1e-3,
-                 warmup_steps: int = 1000, warmup_max_vectors: int = 65536) -> None:
+                 warmup_steps: int = 1000, warmup_max_vectors: int = 65536,
+                 restart_after: int = 0) -> None:
         super().__init__(dim, codebook_size)
         if warmup_max_vectors < 1:
             raise ValueError(f"warmup_max_vectors must be >= 1, got {warmup_max_vectors}")
@@ -60,6 +67,8 @@ class SFDiVeQQuantizer(Quantizer):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("reservoir", torch.zeros(0, dim), persistent=False)
         self.register_buffer("seen", torch.zeros((), dtype=torch.long), persistent=False)
+        # Only built when enabled, so checkpoints without restarts keep their keys.
+        self.restart = CodeRestart(codebook_size, restart_after) if restart_after > 0 else None
 
     def codebook(self) -> Tensor:
         """The K symbols, segment midpoints (e_j + e_{j+1}) / 2: float [K, d], graph to vertices."""
@@ -92,6 +101,25 @@ class SFDiVeQQuantizer(Quantizer):
         self.reservoir = self.reservoir.new_zeros(0, self.dim)
         self.seen.zero_()
 
+    @torch.no_grad()
+    def _restart(self, x: Tensor, mask: Tensor | None) -> None:
+        """Move vertices whose every adjacent segment is idle onto batch rows."""
+        dead_seg = self.restart.dead()
+        if not bool(dead_seg.any()):
+            return
+        pad = dead_seg.new_ones(1)
+        # vertex k borders segments k - 1 and k (one segment at either end)
+        dead_vert = torch.cat([pad, dead_seg]) & torch.cat([dead_seg, pad])
+        if not bool(dead_vert.any()):
+            return
+        rows, ok = sample_rows(x, mask, self.codebook_size + 1)
+        if not bool(ok):
+            return
+        self.vertices.copy_(torch.where(dead_vert[:, None], rows.to(self.vertices), self.vertices))
+        # segments with a new vertex get a fresh window; isolated idle segments keep counting
+        touched = dead_vert[:-1] | dead_vert[1:]
+        self.restart.idle.masked_fill_(touched, 0)
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
         """x: float [N, d]; mask: bool [N] or None -> QuantizerOutput (see base.py), loss 0.
 
@@ -107,10 +135,14 @@ class SFDiVeQQuantizer(Quantizer):
             return QuantizerOutput(quantized=x, codes=codes, codeword=x, loss=x.new_zeros(()))
         if step == self.warmup_steps and self.warmup_steps > 0:
             self._init_vertices()  # before the vertices enter this step's graph
+        if self.restart is not None:
+            self._restart(x, mask)
         v = self.vertices
         lam = torch.rand(self.codebook_size, 1, device=x.device, dtype=v.dtype)
         dithered = (1.0 - lam) * v[:-1] + lam * v[1:]  # [K, d], graph to the vertices
         codes = nearest(x, dithered)
+        if self.restart is not None:
+            self.restart.record(codes, mask)
         l_sel = lam[codes].to(x.dtype)
         y = (x + (1.0 - l_sel) * directional_step(x, v[codes], self.sigma)
              + l_sel * directional_step(x, v[codes + 1], self.sigma))
