@@ -1,4 +1,7 @@
-"""The ``codec`` command line: encode, decode, info, priors, train.
+"""The ``codec`` command line: encode, decode, info, priors, train, eval, demo.
+
+``--model NAME|DIR`` takes a shipped model's name (a subdirectory of ``codec/pretrained/``)
+or a model directory; without it, encode / decode / demo use the shipped default model.
 
 Bad input of any kind ends with one ``codec: error: ...`` line on stderr and exit code 2;
 outputs are written to a temporary file and renamed into place only on success.
@@ -13,9 +16,12 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from codec.model import Codec
 
 EXIT_BAD_INPUT = 2
-DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained"
 
 
 class CLIError(Exception):
@@ -39,22 +45,34 @@ def parse_bitrate(text: str) -> float:
     return float(m.group(1)) * scale
 
 
-def load_model(model_dir: str | None):
-    """The model from ``model_dir`` (or the shipped default), in eval mode."""
-    if model_dir is None:
-        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
-            raise CLIError("no default model is shipped yet; pass --model DIR")
-        model_dir = str(DEFAULT_MODEL_DIR)
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise CLIError(f"--model {model_dir}: no such directory")
-    from codec import Codec
+def resolve_model(model: str | None) -> Path:
+    """The directory of ``--model NAME|DIR`` (None: the shipped default model); CLIError if none."""
+    from codec.pretrained import ModelNotFoundError, resolve
 
     try:
-        model = Codec.from_pretrained(path)
+        return resolve(model)
+    except ModelNotFoundError as e:
+        raise CLIError(str(e) if model is None else f"--model {e}") from None
+
+
+def load_model(model: str | None) -> tuple[Codec, Path]:
+    """(model in eval mode, its directory) for ``--model NAME|DIR`` (None: the shipped default)."""
+    path = resolve_model(model)
+    from codec.model import Codec
+
+    try:
+        loaded = Codec.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - any failure to load is one line for the user
-        raise CLIError(f"cannot load model from {model_dir}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    return model.eval(), path
+        raise CLIError(f"cannot load model from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return loaded.eval(), path
+
+
+def _shipped_names_to_dirs(models: list[str]) -> list[str]:
+    """For ``codec eval``: shipped model names become their directories (existing paths stay)."""
+    from codec.pretrained import is_name, list_models, resolve
+
+    shipped = set(list_models())
+    return [str(resolve(m)) if is_name(m) and m in shipped and not Path(m).is_dir() else m for m in models]
 
 
 def _load_priors(model_dir: Path, model):
@@ -91,6 +109,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     from codec.bitstream.packing import packed_size
 
     model, model_dir = load_model(args.model)
+    model.exact = args.exact
     if args.stages is not None:
         if not 1 <= args.stages <= model.num_stages:
             raise CLIError(f"--stages {args.stages} out of range 1..{model.num_stages}")
@@ -216,26 +235,38 @@ def cmd_priors(args: argparse.Namespace) -> None:
 
 
 # ----- parser -----------------------------------------------------------------------------------
+def model_help(default: bool = True) -> str:
+    """The help text of a ``--model NAME|DIR`` option."""
+    from codec.pretrained import DEFAULT_MODEL
+
+    text = "a shipped model's name (a subdirectory of codec/pretrained/) or a model directory"
+    return text + (f" (default: the shipped default model, {DEFAULT_MODEL})" if default else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``codec`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="codec", description="Neural speech codec.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("encode", help="audio -> .rvq bitstream", description="Compress audio into a .rvq file.")
     p.add_argument("input", help="audio file (WAV, FLAC, OGG, ...; any rate, any channels) or - for stdin")
     p.add_argument("output", help=".rvq file or - for stdout")
-    p.add_argument("--model", metavar="DIR", help="model directory (config.json + model.safetensors)")
+    p.add_argument("--model", metavar="NAME|DIR", help=model_help())
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--bitrate", type=parse_bitrate, help="target nominal bitrate, e.g. 6k: most stages that fit")
     rate.add_argument("--stages", type=int, help="number of quantizer stages to use")
     p.add_argument("--entropy", action="store_true", help="range-code the codes with the model's priors")
     p.add_argument("--block-frames", type=int, default=256, help="frames per range-coded record (default 256)")
+    p.add_argument("--exact", action="store_true",
+                   help="encode in float64: the codes equal the model's offline encode bit for bit, whatever "
+                        "the read block size (about 1.7x slower; default float32)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help=".rvq bitstream -> audio", description="Decompress a .rvq file to audio.")
     p.add_argument("input", help=".rvq file or - for stdin")
     p.add_argument("output", help="audio file (format from the extension, WAV for -) or - for stdout")
-    p.add_argument("--model", metavar="DIR", help="model directory")
+    p.add_argument("--model", metavar="NAME|DIR", help=model_help())
     p.add_argument("--subtype", help="sample format: PCM_16 (default), PCM_24, FLOAT (exact model output), ...")
     p.set_defaults(func=cmd_decode)
 
@@ -245,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("priors", help="estimate entropy-coding priors for a model from audio data")
-    p.add_argument("--model", metavar="DIR", required=True, help="model directory; priors.json is written there")
+    p.add_argument("--model", metavar="NAME|DIR", required=True,
+                   help=model_help(default=False) + "; priors.json is written into its directory")
     p.add_argument("--data", metavar="DIR", required=True, help="folder of audio files (searched recursively)")
     p.add_argument("--max-files", type=int, default=None, help="use at most this many files")
     p.set_defaults(func=cmd_priors)
@@ -257,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     from codec.eval.command import add_eval_parser
 
     add_eval_parser(sub)
+
+    from codec.demo import add_demo_parser
+
+    add_demo_parser(sub)
     return parser
 
 
@@ -267,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     from codec.bitstream.errors import BitstreamError
 
     try:
+        if args.command == "eval":
+            args.models = _shipped_names_to_dirs(args.models)
         args.func(args)
     except (CLIError, AudioError, BitstreamError) as e:
         print(f"codec: error: {e}", file=sys.stderr)

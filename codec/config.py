@@ -119,6 +119,7 @@ class ModelConfig:
     kernel_size: int = 7
     residual_kernel_size: int = 3
     norm: str = "weight_norm"
+    activation: str = "elu"  # elu (SEANet / EnCodec), leaky_relu (slope 0.1) or silu
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     @classmethod
@@ -145,6 +146,10 @@ class ModelConfig:
             raise ConfigError("strides must be a non-empty list of positive integers")
         if self.norm not in ("weight_norm", "none"):
             raise ConfigError(f"norm must be 'weight_norm' or 'none', not {self.norm!r}")
+        from codec.nn.activations import ACTIVATIONS  # late, like the quantizer kinds below
+
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
         if not 0.0 <= self.quantizer.dropout <= 1.0:
             raise ConfigError("quantizer.dropout must be in [0, 1]")
         stages = self.quantizer.resolved_stages()

@@ -57,12 +57,16 @@ class Codec(nn.Module):
             "kernel_size": cfg.kernel_size,
             "residual_kernel_size": cfg.residual_kernel_size,
             "norm": cfg.norm,
+            "activation": cfg.activation,
         }
         self.encoder = Encoder(**shape)
         self.decoder = Decoder(**shape)
         self.quantizer = ResidualQuantizer(cfg.latent_dim, cfg.quantizer)
         self._stream_samples: int | None = None
         self._stream_batch = 1
+        #: False (default): encode in float32, the fast path. True: encode in float64, so that
+        #: streamed codes equal offline codes bit for bit whatever the chunking (slower).
+        self.exact = False
 
     # ----- construction and persistence -------------------------------------------------
     @classmethod
@@ -89,8 +93,11 @@ class Codec(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Codec:
-        """Load a model saved by ``save_pretrained``; returned in eval mode."""
-        directory = Path(directory)
+        """Load a model saved by ``save_pretrained``, or a shipped model by name (see
+        ``codec.pretrained``; an existing directory wins over a name); returned in eval mode."""
+        from codec.pretrained import resolve  # a shipped model's name -> its directory
+
+        directory = resolve(directory)
         cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not cfg_path.is_file() or not weights_path.is_file():
             raise ConfigError(f"{directory} is not a saved model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
@@ -101,6 +108,16 @@ class Codec(nn.Module):
         model = cls(ModelConfig.from_dict(cfg))
         model.load_state_dict(load_file(str(weights_path), device=str(device)))
         return model.to(device).eval()
+
+    @classmethod
+    def default(cls, device: str | torch.device = "cpu") -> Codec:
+        """The shipped default model (``codec.pretrained.DEFAULT_MODEL``), in eval mode.
+
+        Raises ``codec.pretrained.ModelNotFoundError`` (a ConfigError) while it is not shipped.
+        """
+        from codec import pretrained
+
+        return cls.from_pretrained(pretrained.resolve(None), device=device)
 
     def fingerprint(self) -> bytes:
         """16-byte hash of the configuration and every weight and buffer, in key order."""
@@ -146,6 +163,11 @@ class Codec(nn.Module):
         extra = (-wav.shape[-1]) % self.hop_length
         return nn.functional.pad(wav, (0, extra)) if extra else wav
 
+    @property
+    def encode_dtype(self) -> torch.dtype:
+        """The encoder's and the code search's precision: float64 when ``exact``, else float32."""
+        return torch.float64 if self.exact else torch.float32
+
     @torch.no_grad()
     def encode(self, wav: Tensor, n_q: int | None = None) -> Tensor:
         """Audio float [B, 1, T] at ``sample_rate`` -> codes int64 [B, n_q, ceil(T / hop)].
@@ -153,19 +175,22 @@ class Codec(nn.Module):
         Inside ``streaming()``, ``wav`` is the next chunk (any length) and the result holds the
         frames it completed ([B, n_q, 0] if none); ``flush()`` returns the last partial frame.
 
-        The encoder and the code search run in float64 here: fp32 convolutions round
-        differently for different input lengths (chunked vs whole), and a 1-ulp change can
-        flip a near-tie; in fp64 such flips need a 1e-16 tie, so streamed codes equal offline
-        codes.
+        Precision: float32 by default. Matrix products round differently for different
+        input lengths, so a streamed frame's latent can differ from the offline one by ~1e-7
+        and, rarely, a near-tie in the code search flips (measured: a handful of codes per
+        10 000). With ``model.exact = True`` the encoder and the search run in float64 with
+        ties snapped (``codec.quant.search.nearest``): streamed codes then equal offline codes
+        bit for bit, at about 1.7x the encode time.
         """
+        dtype = self.encode_dtype
         if self._stream_samples is None:
             with parametrize.cached():
-                return self.quantizer.encode(self.encoder(self._pad(wav).double()), n_q)
+                return self.quantizer.encode(self.encoder(self._pad(wav).to(dtype)), n_q)
         if wav.dim() != 3 or wav.shape[1] != 1:
             raise ValueError(f"expected audio of shape [B, 1, L], got {tuple(wav.shape)}")
         self._stream_samples += wav.shape[-1]
         self._stream_batch = wav.shape[0]
-        z = self.encoder(wav.double())
+        z = self.encoder(wav.to(dtype))
         if z.shape[-1] == 0:
             return self._no_frames(wav.shape[0], n_q, wav.device)
         return self.quantizer.encode(z, n_q)

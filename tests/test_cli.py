@@ -30,7 +30,8 @@ def data_dir() -> Path:
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # One thread, like the in-process references: oneDNN's rounding depends on the thread count.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([*EXE, *args], input=stdin, capture_output=True, timeout=300, env=env, cwd=REPO, check=False)
 
 
@@ -60,10 +61,16 @@ def env(tmp_path_factory) -> dict:
     torch.manual_seed(1)
     Codec.from_config(REPO / "recipes" / "tiny.yaml").save_pretrained(root / "other_model")
     model = Codec.from_pretrained(root / "model")
+    model.exact = True  # the CLI runs below pass --exact: file codes == offline codes
 
     def reference(n_q: int) -> np.ndarray:
         x = torch.from_numpy(audio)[None, None]
-        return model.decode(model.encode(x, n_q=n_q))[0, 0, : len(audio)].numpy()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the executable runs (see run)
+        try:
+            return model.decode(model.encode(x, n_q=n_q))[0, 0, : len(audio)].numpy()
+        finally:
+            torch.set_num_threads(threads)
 
     return {"root": root, "model": str(root / "model"), "speech": str(root / "data" / "speech.flac"), "ref": reference}
 
@@ -72,7 +79,7 @@ def env(tmp_path_factory) -> dict:
 def test_encode_info_decode(env):
     root, m = env["root"], env["model"]
     out, wav = root / "a.rvq", root / "a.wav"
-    r = run("encode", env["speech"], str(out), "--model", m, "--stages", "2")
+    r = run("encode", env["speech"], str(out), "--model", m, "--stages", "2", "--exact")
     assert r.returncode == 0, r.stderr
     r = run("info", str(out), "--json")
     assert r.returncode == 0, r.stderr
@@ -90,10 +97,10 @@ def test_encode_info_decode(env):
 
 def test_pipes_with_entropy_coding(env):
     m = env["model"]
-    cmd = (f"{' '.join(EXE)} encode - - --model {m} --entropy < {env['speech']}"
+    cmd = (f"{' '.join(EXE)} encode - - --model {m} --entropy --exact < {env['speech']}"
            f" | {' '.join(EXE)} decode - - --model {m} --subtype FLOAT")
     r = subprocess.run(cmd, shell=True, capture_output=True, timeout=300, check=False,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+                       env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     assert b"range coding saved" in r.stderr
     decoded, _ = sf.read(__import__("io").BytesIO(r.stdout), dtype="float32")

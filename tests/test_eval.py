@@ -16,7 +16,8 @@ import torch
 from conftest import REPO, speech
 
 from codec import Codec
-from codec.bitstream.coding import encode_stream, make_header
+from codec.bitstream.coding import decode_audio, encode_stream, make_header
+from codec.bitstream.container import parse
 from codec.bitstream.estimate import estimate_priors
 from codec.bitstream.priors import Priors
 from codec.cli import main
@@ -77,14 +78,15 @@ def test_codec_task_writes_real_files_and_takes_the_bitrate_from_them(env, tmp_p
     system = System("tiny_a", "codec", (1, 4), str(Path(env["tiny_a"]).resolve()), entropy=True)
     result = codec_task(Task(system, str(path), "utt"), tmp_path)
     audio, _ = sf.read(path, dtype="float32")
-    x = torch.from_numpy(audio)[None, None]
     rows = {(r["system"], r["stages"]): r for r in result.rows}
     assert len(rows) == 4
     for n in (1, 4):
         # The file the evaluation scored is byte-identical to what `codec encode --stages n` writes.
+        files: dict[str, bytes] = {}
         for name, pri, stored in (("tiny_a", None, f"stages_{n}.rvq"), ("tiny_a+entropy", priors, f"stages_{n}_range.rvq")):
             expected = io.BytesIO()
             encode_stream(model, [audio], expected, make_header(model, n, pri), pri)
+            files[name] = expected.getvalue()
             assert (tmp_path / stored).read_bytes() == expected.getvalue()
             row = rows[(name, n)]
             size = len(expected.getvalue())
@@ -95,7 +97,8 @@ def test_codec_task_writes_real_files_and_takes_the_bitrate_from_them(env, tmp_p
             assert row["payload_kbps"] * 1000 * row["duration_s"] == pytest.approx(8 * row["payload_bytes"], rel=1e-12)
             assert row["nominal_kbps"] == pytest.approx(model.bitrate(n) / 1000)
         # ... and the scores are those of the model's own decode of those codes.
-        reference = model.decode(model.encode(x, n_q=n))[0, 0, : len(audio)].numpy()
+        # (decoded from the very file: eval scores what a user of `codec decode` gets)
+        reference = decode_audio(model, parse(files["tiny_a"]))
         expected_scores = score(audio, reference)
         for name in ("tiny_a", "tiny_a+entropy"):
             for metric, value in expected_scores.items():
@@ -199,3 +202,17 @@ def test_eval_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys, case):
     line = one_error_line(capsys)
     assert "Traceback" not in line
     assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_limit_spreads_over_speakers(tmp_path: Path) -> None:
+    """--limit takes files in turn from each top-level folder: 5 of 3 speakers x 3 files give
+    2 + 2 + 1, the first files of each, in sorted order; a flat folder gives the first N."""
+    from codec.eval.evaluate import spread
+
+    files = sorted(tmp_path / spk / f"{spk}-{i}.flac" for spk in ("a", "b", "c") for i in range(3))
+    picked = spread(files, tmp_path, 5)
+    assert [p.relative_to(tmp_path).as_posix() for p in picked] == ["a/a-0.flac", "a/a-1.flac", "b/b-0.flac",
+                                                                      "b/b-1.flac", "c/c-0.flac"]
+    flat = sorted(tmp_path / f"{i}.flac" for i in range(4))
+    assert spread(flat, tmp_path, 2) == flat[:2]
+    assert spread(files, tmp_path, None) == files

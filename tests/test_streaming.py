@@ -1,4 +1,5 @@
-"""Streaming equals offline: codes exactly, audio within 1e-5, bounded per-layer history."""
+"""Streaming equals offline: codes exactly in exact (fp64) mode and nearly always in the fast
+default (fp32), audio within 1e-5, bounded per-layer history."""
 from __future__ import annotations
 
 import pytest
@@ -31,6 +32,7 @@ def test_streaming_matches_offline(kind: str, chunk: int) -> None:
     # Chunks of 1 sample cost one pass of every layer per sample: use a 10.3-frame prefix.
     wav = speech({1: 0.206, 7: 0.5}.get(chunk, 2.0))
     model = _warmed_model(kind, speech(2.0))
+    model.exact = True
     codes = model.encode(wav)
     streamed = _stream_encode(model, wav, chunk)
     assert streamed.shape == codes.shape == (1, model.num_stages, -(-wav.shape[-1] // model.hop_length))
@@ -42,6 +44,37 @@ def test_streaming_matches_offline(kind: str, chunk: int) -> None:
         frames = torch.cat([model.decode(codes[..., t : t + 1]) for t in range(codes.shape[-1])], -1)
     assert frames.shape == offline.shape
     assert (frames - offline).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("chunk", [7, 320, 5120])
+def test_fast_streaming_agrees_with_offline(chunk: int) -> None:
+    """The default fp32 encode: matmul rounding depends on the chunk length, so a near-tie may
+    flip a code. On this barely trained model, full of near-duplicate codewords, at least 95%
+    of the streamed codes equal the offline ones and, where they differ, they decode to
+    latents within 1% of the latent scale (measured: 97.8-99% equal, worst 0.56%)."""
+    wav = speech(0.5 if chunk == 7 else 4.0)
+    model = _warmed_model("ema", speech(2.0))
+    assert not model.exact and model.encode_dtype == torch.float32
+    codes = model.encode(wav)
+    streamed = _stream_encode(model, wav, chunk)
+    assert streamed.shape == codes.shape
+    assert (streamed == codes).float().mean().item() >= 0.95
+    offline_q, streamed_q = model.quantizer.decode(codes), model.quantizer.decode(streamed)
+    assert (offline_q - streamed_q).abs().max().item() <= 0.01 * offline_q.abs().max().item()
+    assert codes.unique().numel() > 4
+
+
+def test_exact_mode_is_float64_and_close_to_fast() -> None:
+    """Exact and fast encodes of the same audio differ only by rounding. Indices may differ
+    where codewords (nearly) coincide, as restarts make them in a barely trained model, so
+    compare what the codes decode to: the quantized latents agree to within 1% of their scale."""
+    wav = speech(2.0)
+    model = _warmed_model("ste", wav)
+    fast = model.quantizer.decode(model.encode(wav))
+    model.exact = True
+    assert model.encode_dtype == torch.float64
+    exact = model.quantizer.decode(model.encode(wav))
+    assert (exact - fast).abs().max().item() <= 1e-2 * exact.abs().max().item()
 
 
 def test_stream_decode_in_uneven_groups() -> None:

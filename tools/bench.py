@@ -16,7 +16,8 @@ What it measures (each with 1 thread and with all threads, ``--threads``):
 - peak memory (RSS growth of a fresh process running one offline encode + decode);
 - bitstream pack / unpack (fixed-width) and range coding / decoding (constriction) of the
   clip's codes, also as a share of the encode time;
-- nearest-neighbour search time per stage for K = 1024 ... 65536 (fp64, the encode path);
+- nearest-neighbour search time per stage for K = 1024 ... 65536 (fp32, the default encode
+  path, and fp64, exact mode);
 - a training step of the recipe on the CPU (batch and crop from the recipe) and seconds of
   audio trained per second;
 - multiply-adds per second of audio (convolutions, LSTMs, linear layers, code search)
@@ -245,17 +246,20 @@ def bitstream_times(model: Codec, codes: torch.Tensor, repeats: int, warmup: int
     }
 
 
-def search_times(ks: list[int], dim: int, rows: int, repeats: int, warmup: int) -> dict[int, float]:
-    """Seconds per call of one stage's exact (fp64) nearest-neighbour search, ``rows`` rows."""
+def search_times(ks: list[int], dim: int, rows: int, repeats: int, warmup: int,
+                 dtype: torch.dtype = torch.float32) -> dict[int, float]:
+    """Seconds per call of one stage's nearest-neighbour search over ``rows`` rows, in ``dtype``
+    (float32: the default encode; float64: exact mode), codebook terms precomputed as the
+    model caches them."""
     from codec.quant.search import codebook_norms, nearest
 
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
+    x = torch.randn(rows, dim, generator=gen, dtype=dtype)
     out = {}
     for k in ks:
         book = torch.randn(k, dim, generator=gen)
-        norms = codebook_norms(book)  # cached per codebook in the model
-        out[k] = timeit(lambda n=norms: nearest(x, n[0], n), repeats, warmup)
+        norms = codebook_norms(book, dtype)  # cached per codebook in the model
+        out[k] = timeit(lambda b=book, n=norms: nearest(x, b, n), repeats, warmup)
     return out
 
 
@@ -295,6 +299,15 @@ def train_step_time(recipe: str, repeats: int, warmup: int, batch: int | None, c
 
 # ----- the run ------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
+    """Every measurement of the module docstring; torch's thread count is restored after."""
+    threads = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> dict:
     res: dict = {"recipe": args.recipe, "seconds": args.seconds, "machine": platform.processor() or platform.machine(),
                  "cpus": os.cpu_count(), "torch": torch.__version__, "load_before": os.getloadavg()}
     torch.manual_seed(0)
@@ -320,11 +333,16 @@ def run(args: argparse.Namespace) -> dict:
             codes = model.encode(wav)
             r["encode"] = timeit(lambda: model.encode(wav), rep, warm) / sec
             r["decode"] = timeit(lambda c=codes: model.decode(c), rep, warm) / sec
+            model.exact = True
+            r["encode_exact"] = timeit(lambda: model.encode(wav), rep, warm) / sec
+            model.exact = False
             for chunk in args.chunks:
                 frames = max(1, chunk // model.hop_length)
                 ms = round(1000 * chunk / sr)
                 streamed = stream_encode(model, wav, chunk)
-                assert torch.equal(streamed, codes), "streamed codes differ from offline codes"
+                # fp32 (the default): a near-tie may flip a code between chunked and whole.
+                agree = (streamed == codes).float().mean().item()
+                assert agree > 0.95, f"streamed codes agree with offline codes on only {agree:.1%}"
                 r[f"stream_encode_{ms}ms"] = timeit(lambda n=chunk: stream_encode(model, wav, n), rep, warm) / sec
                 r[f"stream_decode_{ms}ms"] = timeit(lambda c=codes, f=frames: stream_decode(model, c, f), rep, warm) / sec
             if enc is not None:
@@ -345,8 +363,9 @@ def run(args: argparse.Namespace) -> dict:
     res["bitstream"] = bs
 
     rows = round(model.frame_rate * sec)
-    st = search_times(args.ks, model.cfg.latent_dim, rows, rep, warm)
-    res["search_per_stage"] = {str(k): v / sec for k, v in st.items()}  # seconds per audio second
+    for name, dtype in (("search_per_stage", torch.float32), ("search_per_stage_exact", torch.float64)):
+        st = search_times(args.ks, model.cfg.latent_dim, rows, rep, warm, dtype)
+        res[name] = {str(k): v / sec for k, v in st.items()}  # seconds per audio second
 
     if args.stream_seconds > 0:
         res["flatness"] = flatness(model, args.stream_seconds, args.flat_chunk)
@@ -374,7 +393,7 @@ def markdown(res: dict) -> str:
     keys = ["encode", "decode"] + [k for k in res["threads"][specs[0]] if k.startswith("stream_")]
     if res["encodec"]:
         keys += ["encodec_encode", "encodec_decode", "ratio_vs_encodec"]
-    names = {"ratio_vs_encodec": "ours / EnCodec (encode + decode)", "encodec_encode": "EnCodec 24 kHz 6 kbps encode",
+    names = {"encode_exact": "encode, exact mode (fp64)", "ratio_vs_encodec": "ours / EnCodec (encode + decode)", "encodec_encode": "EnCodec 24 kHz 6 kbps encode",
              "encodec_decode": "EnCodec 24 kHz 6 kbps decode"}
     for k in keys:
         label = names.get(k, k.replace("_", " "))
@@ -394,8 +413,9 @@ def markdown(res: dict) -> str:
               f"unpack {1e3 * b['per_audio_second']['unpack']:.3f} ms ({100 * b['fixed_share_of_encode']:.2f}% of "
               f"encoding); range encode {1e3 * b['per_audio_second']['range_encode']:.3f} ms, decode "
               f"{1e3 * b['per_audio_second']['range_decode']:.3f} ms ({100 * b['range_share_of_encode']:.2f}% of encoding).")]
-    lines += ["", "Exact (fp64) nearest-neighbour search, one stage, ms per second of audio: " +
-              ", ".join(f"K={k}: {1e3 * v:.2f}" for k, v in res["search_per_stage"].items()) + "."]
+    lines += ["", "Nearest-neighbour search, one stage, ms per second of audio (fp32 default / fp64 exact): " +
+              ", ".join(f"K={k}: {1e3 * v:.2f} / {1e3 * res['search_per_stage_exact'][k]:.2f}"
+                        for k, v in res["search_per_stage"].items()) + "."]
     if "memory" in res:
         mem = res["memory"]
         lines += ["", (f"Peak memory of an offline encode + decode: +{mem['growth_mib']:.0f} MiB over "

@@ -42,7 +42,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--entropy", action="store_true",
                    help="also write range-coded files (needs the model's priors.json, see `codec priors`) "
                         "and report them as system MODEL+entropy")
-    p.add_argument("--limit", type=int, metavar="N", help="use only the first N files in sorted order")
+    p.add_argument("--limit", type=int, metavar="N", help="use only N files, taken in turn from each top-level folder (speaker) so all are covered")
     p.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: all cores)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (created if needed)")
     p.set_defaults(func=cmd_eval)

@@ -90,8 +90,28 @@ def load_systems(model_dirs: Sequence[str], stages: Sequence[int], entropy: bool
     return systems
 
 
+def spread(files: Sequence[Path], root: Path, limit: int | None) -> list[Path]:
+    """``limit`` of ``files`` (sorted paths under ``root``), taken round-robin over their
+    top-level folders (LibriSpeech: speakers), so a subset still covers every speaker; the
+    result is in sorted order. All files when ``limit`` is None."""
+    if limit is None or limit >= len(files):
+        return list(files)
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        parts = f.relative_to(root).parts
+        groups.setdefault(parts[0] if len(parts) > 1 else "", []).append(f)
+    queues = [list(g) for g in groups.values()]
+    picked: list[Path] = []
+    while len(picked) < limit:
+        for q in queues:
+            if q and len(picked) < limit:
+                picked.append(q.pop(0))
+    return sorted(picked)
+
+
 def find_data(data: str | Path, limit: int | None) -> list[tuple[str, str]]:
-    """(path, utterance name) of the audio files under ``data`` (recursive, sorted), the first ``limit``."""
+    """(path, utterance name) of the audio files under ``data`` (recursive, sorted); with
+    ``limit``, that many, spread over the top-level folders (``spread``)."""
     from codec.bitstream.estimate import audio_files
 
     root = Path(data)
@@ -99,7 +119,7 @@ def find_data(data: str | Path, limit: int | None) -> list[tuple[str, str]]:
         raise EvalError(f"--data {data}: no such directory")
     if limit is not None and limit < 1:
         raise EvalError(f"--limit {limit}: must be at least 1")
-    files = audio_files(root)[:limit]
+    files = spread(audio_files(root), root, limit)
     if not files:
         raise EvalError(f"--data {data}: no audio files (.wav .flac .ogg) found")
     return [(str(f), f.relative_to(root).as_posix()) for f in files]

@@ -43,6 +43,7 @@ class CausalConv1d(StreamingLayer):
     def reset_stream(self, streaming: bool) -> None:
         super().reset_stream(streaming)
         self._infer = None  # a new stream re-checks the weights once
+        self.__dict__["_fast_decision"] = None
 
     # ----- inference fast path --------------------------------------------------------------
     def _taps(self, dtype: torch.dtype) -> tuple[list[Tensor], Tensor]:
@@ -130,22 +131,42 @@ class CausalConv1d(StreamingLayer):
             if self.context == 0:
                 return self._conv(x)
             return self._conv(nn.functional.pad(x, (self.context, 0)))
+        return self._stream(x)
+
+    def _stream(self, x: Tensor) -> Tensor:
+        """One streaming chunk [B, C_in, L] -> the [B, C_out, n] outputs it completes.
+
+        Per chunk this is one concatenation with the kept context, the matmul convolution
+        (streams are inference-only and their chunks are short, so the fast path always
+        applies when the layout allows it) and a view of the tail as the next context. The
+        buffer is stored in the instance dict directly: ``nn.Module.__setattr__`` costs
+        more than the small matmuls of a one-frame chunk.
+        """
+        state = self.__dict__
+        buf = state["_buffer"]
         if self.context == 0 and self.stride == 1:
-            # Nothing to remember (a 1x1 conv): no buffer copy.
-            if self._buffer is None:
-                self._buffer = x.new_zeros(x.shape[0], x.shape[1], 0)
-            return self._conv(x)
-        if self._buffer is None:
-            self._buffer = x.new_zeros(x.shape[0], x.shape[1], self.context)
-        x = torch.cat([self._buffer, x], dim=-1)
+            if buf is None:  # nothing to remember (a 1x1 conv); mark the stream as started
+                state["_buffer"] = x.new_zeros(x.shape[0], x.shape[1], 0)
+            return self._mm_conv(x) if self._stream_fast(x) else self._conv(x)
+        if buf is None:
+            buf = x.new_zeros(x.shape[0], x.shape[1], self.context)
+        x = torch.cat([buf, x], dim=-1)
         n_out = (x.shape[-1] - self.kernel_span) // self.stride + 1
         if n_out <= 0:
-            self._buffer = x
+            state["_buffer"] = x
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0)
-        used = (n_out - 1) * self.stride + self.kernel_span
-        y = self._conv(x[..., :used])
-        self._buffer = x[..., n_out * self.stride :]
-        return y
+        state["_buffer"] = x[..., n_out * self.stride :]
+        used = x[..., : (n_out - 1) * self.stride + self.kernel_span]
+        return self._mm_conv(used) if self._stream_fast(used) else self._conv(used)
+
+    def _stream_fast(self, x: Tensor) -> bool:
+        """``_fast_ok`` decided once per stream and dtype (it only depends on the layout)."""
+        cached = self.__dict__.get("_fast_decision")
+        if cached is not None and cached[0] == x.dtype:
+            return cached[1]
+        ok = self._fast_ok(x[..., :1])  # the length test is for offline inputs only
+        self.__dict__["_fast_decision"] = (x.dtype, ok)
+        return ok
 
 
 class CausalUpsample(nn.Module):

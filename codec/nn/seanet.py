@@ -5,19 +5,21 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from codec.nn.activations import make_activation
 from codec.nn.conv import CausalConv1d, CausalUpsample
 
 
 class ResidualUnit(nn.Module):
-    """x + conv1x1(ELU(dilated conv(ELU(x)))), causal; [B, C, T] -> [B, C, T]."""
+    """x + conv1x1(act(dilated conv(act(x)))), causal; [B, C, T] -> [B, C, T]."""
 
-    def __init__(self, channels: int, dilation: int, kernel_size: int = 3, norm: str = "weight_norm") -> None:
+    def __init__(self, channels: int, dilation: int, kernel_size: int = 3, norm: str = "weight_norm",
+                 activation: str = "elu") -> None:
         super().__init__()
         hidden = max(channels // 2, 1)
         self.block = nn.Sequential(
-            nn.ELU(),
+            make_activation(activation),
             CausalConv1d(channels, hidden, kernel_size, dilation=dilation, norm=norm),
-            nn.ELU(),
+            make_activation(activation, inplace=True),  # its input is a fresh conv output
             CausalConv1d(hidden, channels, 1, norm=norm),
         )
 
@@ -40,15 +42,16 @@ class Encoder(nn.Module):
         kernel_size: int = 7,
         residual_kernel_size: int = 3,
         norm: str = "weight_norm",
+        activation: str = "elu",
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [CausalConv1d(1, channels, kernel_size, norm=norm)]
         ch = channels
         for s in strides:
-            layers += [ResidualUnit(ch, d, residual_kernel_size, norm) for d in dilations]
-            layers += [nn.ELU(), CausalConv1d(ch, ch * 2, 2 * s, stride=s, norm=norm)]
+            layers += [ResidualUnit(ch, d, residual_kernel_size, norm, activation) for d in dilations]
+            layers += [make_activation(activation), CausalConv1d(ch, ch * 2, 2 * s, stride=s, norm=norm)]
             ch *= 2
-        layers += [nn.ELU(), CausalConv1d(ch, latent_dim, 3, norm=norm)]
+        layers += [make_activation(activation), CausalConv1d(ch, latent_dim, 3, norm=norm)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -67,15 +70,16 @@ class Decoder(nn.Module):
         kernel_size: int = 7,
         residual_kernel_size: int = 3,
         norm: str = "weight_norm",
+        activation: str = "elu",
     ) -> None:
         super().__init__()
         ch = channels * 2 ** len(strides)
         layers: list[nn.Module] = [CausalConv1d(latent_dim, ch, kernel_size, norm=norm)]
         for s in reversed(strides):
-            layers += [nn.ELU(), CausalUpsample(ch, ch // 2, s, norm=norm)]
+            layers += [make_activation(activation), CausalUpsample(ch, ch // 2, s, norm=norm)]
             ch //= 2
-            layers += [ResidualUnit(ch, d, residual_kernel_size, norm) for d in dilations]
-        layers += [nn.ELU(), CausalConv1d(ch, 1, kernel_size, norm=norm)]
+            layers += [ResidualUnit(ch, d, residual_kernel_size, norm, activation) for d in dilations]
+        layers += [make_activation(activation), CausalConv1d(ch, 1, kernel_size, norm=norm)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:

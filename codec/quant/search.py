@@ -9,23 +9,27 @@ from torch import Tensor
 #: In the exact (fp64) path, distances are snapped to this fraction of their scale, so that
 #: candidates closer than that (e.g. duplicated codewords) tie and go to the lowest index.
 _SNAP = 2.0**-32
+#: fp32 path: candidates within this fraction of the best distance tie (lowest index wins).
+#: Below QUANTIZERS.md's 1e-6 near-tie bound, ~8x fp32 rounding of a distance near the best.
+_TIE32 = 2.0**-21
 
 
-def codebook_norms(codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The exact path's per-codeword terms, computed once per codebook: the fp64 codebook
-    [K, d], its squared norms e2 [1, K] and their maximum (a 0-dim tensor), the same floats
-    ``nearest`` computes itself."""
-    es = codebook.detach().double()
+def codebook_norms(codebook: Tensor, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-codeword terms of the search, computed once per codebook: the codebook
+    transposed to [d, K] in ``dtype`` (contiguous, the layout the distance matmul reads
+    fastest), the squared norms e2 [1, K] and their maximum (a 0-dim tensor), the same floats
+    ``nearest`` would compute itself."""
+    es = codebook.detach().to(dtype)
     e2 = (es * es).sum(dim=1)[None, :]
-    return es, e2, e2.max()
+    return es.t().contiguous(), e2, e2.max()
 
 
-#: fp64 codebook terms per live codebook tensor: id -> (weakref, storage, version, norms).
-_NORMS: dict[int, tuple] = {}
+#: Codebook terms per live codebook tensor and dtype: (id, dtype) -> (weakref, key, norms).
+_NORMS: dict[tuple[int, torch.dtype], tuple] = {}
 
 
-def _cached_norms(codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``codebook_norms(codebook)``, computed once per codebook tensor and version.
+def _cached_norms(codebook: Tensor, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
+    """``codebook_norms(codebook, dtype)``, computed once per codebook tensor and version.
 
     A quantizer whose ``codebook()`` returns its Parameter or buffer (STE, EMA, DiVeQ) hits
     the cache on every call; the entry is keyed on the very tensor object (a weak reference,
@@ -37,15 +41,17 @@ def _cached_norms(codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     try:
         key = (codebook.data_ptr(), codebook._version)
     except RuntimeError:  # inference tensors have no version counter: no caching
-        return codebook_norms(codebook)
-    entry = _NORMS.get(id(codebook))
+        return codebook_norms(codebook, dtype)
+    if codebook.requires_grad and torch.is_grad_enabled():
+        return codebook_norms(codebook, dtype)  # a training step: the codebook changes anyway
+    entry = _NORMS.get((id(codebook), dtype))
     if entry is not None and entry[0]() is codebook and entry[1] == key:
         return entry[2]
-    norms = codebook_norms(codebook)
+    norms = codebook_norms(codebook, dtype)
     if len(_NORMS) > 256:
         for k in [k for k, e in _NORMS.items() if e[0]() is None]:
             del _NORMS[k]
-    _NORMS[id(codebook)] = (weakref.ref(codebook), key, norms)
+    _NORMS[(id(codebook), dtype)] = (weakref.ref(codebook), key, norms)
     return norms
 
 
@@ -53,14 +59,16 @@ def nearest(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | 
     """Index of the closest codeword for every row.
 
     x: float [N, d]; codebook: float [K, d] -> int64 [N], argmin_k ||x - e_k||^2.
-    Runs with autocast off. fp32 inputs search in fp32 (bf16 distances pick wrong codes;
-    this is the training path). fp64 inputs take the codec's exact path: fp64 distances
+    Runs with autocast off. fp32 inputs search in fp32 (bf16 distances pick wrong codes);
+    candidates within a relative 2^-21 (< 1e-6) of the best distance tie and go to the lowest
+    index, so near-duplicate codewords (restarts create them) are not decided by the ~1e-7
+    rounding differences between a streamed chunk and a whole file. fp64 inputs take the codec's exact path: fp64 distances
     snapped to 2^-32 of (||x||^2 + max ||e||^2), ties to the lowest index. Matmul rounding
     depends on the batch shape (a streamed frame vs a whole file); the snap makes the winner
     independent of it, duplicated codewords included, unless a candidate sits within ~1e-16
     of a snap boundary.
 
-    ``norms``: ``codebook_norms(codebook)`` (fp64 path only); by default they are cached
+    ``norms``: ``codebook_norms(codebook, x.dtype)``; by default they are cached
     per codebook tensor and version (``_cached_norms``). The result is bit-identical. One matmul per call; the distance terms are
     combined in place, with the same roundings as ``x2 + e2 - 2 * (x @ e^T)`` (the factor
     2 is exact, so the fused multiply-add of ``sub_(alpha=2)`` rounds once, like the
@@ -68,12 +76,17 @@ def nearest(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | 
     """
     if x.dtype != torch.float64:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xs, es = x.detach().float(), codebook.detach().float()
-            return ((es * es).sum(dim=1)[None, :] - 2.0 * (xs @ es.t())).argmin(dim=1)
+            xs = x.detach().float()
+            est, e2, _ = _cached_norms(codebook, torch.float32) if norms is None else norms
+            dist = torch.addmm(e2, xs, est, alpha=-2.0).add_((xs * xs).sum(dim=1, keepdim=True))
+            best = dist.amin(dim=1, keepdim=True)
+            # The first index within _TIE32 of the best: near-duplicate codewords (restarts
+            # make them) go to the same index whatever the rounding of this batch shape.
+            return (dist <= best + _TIE32 * best.abs()).to(torch.uint8).argmax(dim=1)
     # fp64: autocast never casts float64 operands, so no autocast guard is needed here.
     xs = x.detach()
-    es, e2, e2max = _cached_norms(codebook) if norms is None else norms
+    est, e2, e2max = _cached_norms(codebook) if norms is None else norms
     x2 = (xs * xs).sum(dim=1, keepdim=True)
-    dist = torch.add(x2, e2).sub_(xs @ es.t(), alpha=2.0)
+    dist = torch.add(x2, e2).sub_(xs @ est, alpha=2.0)
     scale = (x2 + e2max).clamp_min_(1e-300).mul_(_SNAP)
     return dist.div_(scale).round_().argmin(dim=1)

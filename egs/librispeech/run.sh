@@ -5,8 +5,8 @@
 #   bash egs/librispeech/run.sh --stage 2 --stop-stage 2 --recipes "simvq ema"
 #   bash egs/librispeech/run.sh --launcher "accelerate launch --num_processes 8"
 #
-# Stages: 0 check the data, 1 write manifests, 2 train each recipe, 3 evaluate (placeholder),
-# 4 summarise. Run from anywhere; paths are relative to the repository root.
+# Stages: 0 check the data, 1 write manifests, 2 train each recipe, 3 evaluate every trained
+# model and Opus on the validation subset (`codec eval`), 4 summarise the training logs. Run from anywhere; paths are relative to the repository root.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -20,13 +20,14 @@ exp=exp/librispeech
 manifests=data/manifests
 launcher=""                 # e.g. "accelerate launch --num_processes 8"; empty: one process
 train_args=""               # extra arguments for `codec train`, e.g. "--set total_steps=1000"
+eval_args="--stages 1,2,4,8,12 --opus 6,8,12"   # arguments for `codec eval` (stage 3)
 
 usage() {
   cat <<USAGE
 usage: $0 [--stage N] [--stop-stage M] [--librispeech DIR] [--recipes "ste ema ..."]
           [--train-subsets "train-clean-100 ..."] [--valid-subsets "test-other"]
-          [--exp DIR] [--manifests DIR] [--launcher CMD] [--train-args ARGS]
-stages: 0 check data | 1 manifests | 2 train | 3 evaluate (placeholder) | 4 summarise
+          [--exp DIR] [--manifests DIR] [--launcher CMD] [--train-args ARGS] [--eval-args ARGS]
+stages: 0 check data | 1 manifests | 2 train | 3 evaluate (codec eval -> EXP/eval) | 4 summarise
 defaults: --librispeech \$LIBRISPEECH or ../shared/data/LibriSpeech, --recipes "$recipes"
 USAGE
 }
@@ -43,6 +44,7 @@ while [ $# -gt 0 ]; do
     --manifests) manifests=$2; shift 2 ;;
     --launcher) launcher=$2; shift 2 ;;
     --train-args) train_args=$2; shift 2 ;;
+    --eval-args) eval_args=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -83,7 +85,18 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
-  log 3 "evaluation (bitrate vs PESQ with \`codec eval\`) arrives with the evaluation issue; skipped"
+  models=()
+  for r in $recipes; do
+    if [ -f "$exp/$r/model/config.json" ]; then models+=("$exp/$r/model"); else log 3 "no model for $r yet; skipped"; fi
+  done
+  if [ ${#models[@]} -eq 0 ]; then
+    echo "run.sh: error: no trained model under $exp (run stage 2 first)" >&2; exit 2
+  fi
+  for s in $valid_subsets; do
+    log 3 "codec eval on $s -> $exp/eval/$s"
+    # shellcheck disable=SC2086
+    python -m codec eval "${models[@]}" --data "$librispeech/$s" --out "$exp/eval/$s" $eval_args
+  done
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
