@@ -118,9 +118,10 @@ def test_bad_input_subprocess_crc(env):
     assert r.stdout == b"" and not (root / "x.wav").exists()
 
 
-def test_no_model_is_one_line(env):
-    r = run("encode", env["speech"], str(env["root"] / "y.rvq"))
-    assert r.returncode == 2 and "--model" in one_error_line(r.stderr)
+def test_unknown_model_is_one_line(env):
+    r = run("encode", env["speech"], str(env["root"] / "y.rvq"), "--model", "no-such-model")
+    assert r.returncode == 2 and "no-such-model" in one_error_line(r.stderr)
+    assert not (env["root"] / "y.rvq").exists()
 
 
 # ----- every bad-input case -------------------------------------------------------------------
