@@ -52,3 +52,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def rank_states(directory: Path, kind: str, world: int) -> list[dict[str, torch.Tensor]]:
+    """The state dicts that each of ``world`` ranks saved as ``<kind>_rank<r>.safetensors``,
+    checked to be bitwise identical across ranks (same keys, torch.equal values)."""
+    from safetensors.torch import load_file
+
+    states = [load_file(Path(directory) / f"{kind}_rank{r}.safetensors") for r in range(world)]
+    for other in states[1:]:
+        assert states[0].keys() == other.keys()
+        for key in states[0]:
+            assert torch.equal(states[0][key], other[key]), f"{kind}.{key} differs by rank"
+    return states

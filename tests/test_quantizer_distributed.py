@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from safetensors.torch import load_file, save_file
+from conftest import rank_states
+from safetensors.torch import save_file
 
 from codec.quant import build_quantizer
 
@@ -67,7 +68,4 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def test_ranks_stay_bitwise_identical(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     for kind in KINDS:
-        states = [load_file(tmp_path / f"{kind}_rank{r}.safetensors") for r in range(WORLD)]
-        assert states[0].keys() == states[1].keys()
-        for key in states[0]:
-            assert torch.equal(states[0][key], states[1][key]), f"{kind}.{key} differs by rank"
+        rank_states(tmp_path, kind, WORLD)
