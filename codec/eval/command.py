@@ -29,7 +29,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``eval`` on the ``codec`` command line."""
     p = sub.add_parser("eval", help="rate-quality evaluation (PESQ, STOI, ... vs real bitrate) with an Opus baseline",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="+", metavar="MODEL", help="model directories (config.json + model.safetensors)")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model directories (config.json + model.safetensors) or shipped model names")
     p.add_argument("--data", metavar="DIR",
                    help="folder of audio files (.wav .flac .ogg, searched recursively; default: "
                         "$CODEC_DATA/LibriSpeech/test-other, else ../shared/data/LibriSpeech/test-other "
