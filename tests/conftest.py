@@ -55,13 +55,24 @@ def one_thread():
 
 
 def rank_states(directory: Path, kind: str, world: int) -> list[dict[str, torch.Tensor]]:
-    """The state dicts that each of ``world`` ranks saved as ``<kind>_rank<r>.safetensors``,
-    checked to be bitwise identical across ranks (same keys, torch.equal values)."""
+    """The state dicts that each of ``world`` ranks saved as ``<kind>_rank<r>.safetensors``."""
     from safetensors.torch import load_file
 
-    states = [load_file(Path(directory) / f"{kind}_rank{r}.safetensors") for r in range(world)]
-    for other in states[1:]:
-        assert states[0].keys() == other.keys()
-        for key in states[0]:
-            assert torch.equal(states[0][key], other[key]), f"{kind}.{key} differs by rank"
-    return states
+    return [load_file(Path(directory) / f"{kind}_rank{r}.safetensors") for r in range(world)]
+
+
+def rank_differences(states: list[dict[str, torch.Tensor]]) -> list[str]:
+    """Keys whose tensors are not bitwise identical on every rank (or missing on one)."""
+    keys = set().union(*(s.keys() for s in states))
+    return sorted(k for k in keys if any(k not in s for s in states)
+                  or not all(torch.equal(states[0][k], s[k]) for s in states[1:]))
+
+
+def one_error_line(stderr: str | bytes) -> str:
+    """The single ``codec: error: ...`` line a failing command printed (asserts there is
+    exactly one and no traceback)."""
+    text = stderr.decode() if isinstance(stderr, bytes) else stderr
+    lines = [ln for ln in text.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("codec: error: "), text
+    assert "Traceback" not in text
+    return lines[0]

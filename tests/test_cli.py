@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import one_error_line
 
 from codec import Codec
 from codec.bitstream.estimate import estimate_priors
@@ -33,14 +34,6 @@ def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     # One thread, like the in-process references: oneDNN's rounding depends on the thread count.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([*EXE, *args], input=stdin, capture_output=True, timeout=300, env=env, cwd=REPO, check=False)
-
-
-def one_error_line(stderr: str | bytes) -> str:
-    text = stderr.decode() if isinstance(stderr, bytes) else stderr
-    lines = [ln for ln in text.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("codec: error: "), text
-    assert "Traceback" not in text
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

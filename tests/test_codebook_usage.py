@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import REPO, rank_states, tiny_recipe
+from conftest import REPO, rank_differences, rank_states, tiny_recipe
 from safetensors.torch import save_file
 
 from codec import Codec
@@ -260,6 +260,7 @@ def test_restarts_keep_ranks_bitwise_identical(tmp_path: Path) -> None:
     for kind in RESTART_KINDS:
         states = rank_states(tmp_path, kind, WORLD)
         assert int(states[0]["restarted"]) > 0, kind  # restarts really happened
+        assert rank_differences(states) == [], kind
 
 
 # --- recipes --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_model
+from conftest import one_error_line, tiny_model
 
 from codec import Codec, pretrained
 from codec.bitstream.container import parse
@@ -21,13 +21,6 @@ from codec.config import ConfigError
 from codec.demo import SAMPLE, SAMPLE_ID
 
 DEFAULT, OTHER = "tiny16k", "other"
-
-
-def one_error_line(stderr: str) -> str:
-    lines = [ln for ln in stderr.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("codec: error: "), stderr
-    assert "Traceback" not in stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

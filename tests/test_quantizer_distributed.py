@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import rank_states
+from conftest import rank_differences, rank_states
 from safetensors.torch import save_file
 
 from codec.quant import build_quantizer
@@ -68,4 +68,4 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def test_ranks_stay_bitwise_identical(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     for kind in KINDS:
-        rank_states(tmp_path, kind, WORLD)
+        assert rank_differences(rank_states(tmp_path, kind, WORLD)) == [], kind
