@@ -177,8 +177,10 @@ class Codec(nn.Module):
 
         Precision: float32 by default. Matrix products round differently for different
         input lengths, so a streamed frame's latent can differ from the offline one by ~1e-7
-        and, rarely, a near-tie in the code search flips (measured: a handful of codes per
-        10 000). With ``model.exact = True`` the encoder and the search run in float64 with
+        and a near-tie in the code search can flip (the search ties candidates within 2^-21
+        of the best to the lowest index, so this is rare in a trained model; on a barely
+        trained one full of near-duplicate codewords 1-2% of codes differ, decoding within
+        1% of the latent scale). With ``model.exact = True`` the encoder and the search run in float64 with
         ties snapped (``codec.quant.search.nearest``): streamed codes then equal offline codes
         bit for bit, at about 1.7x the encode time.
         """

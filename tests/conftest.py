@@ -54,6 +54,27 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def average_gradients(module: torch.nn.Module) -> None:
+    """What DDP does for Parameters: all-reduce the gradients and divide by the world size."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def save_rank_state(module: torch.nn.Module, directory: str | Path, kind: str, rank: int,
+                    **extra: torch.Tensor) -> None:
+    """Write ``module``'s state dict (plus ``extra`` tensors) as ``<kind>_rank<rank>.safetensors``,
+    the file ``rank_states`` reads back."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+    save_file({**state, **extra}, str(Path(directory) / f"{kind}_rank{rank}.safetensors"))
+
+
 def rank_states(directory: Path, kind: str, world: int) -> list[dict[str, torch.Tensor]]:
     """The state dicts that each of ``world`` ranks saved as ``<kind>_rank<r>.safetensors``."""
     from safetensors.torch import load_file

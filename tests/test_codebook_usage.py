@@ -12,8 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import REPO, rank_differences, rank_states, tiny_recipe
-from safetensors.torch import save_file
+from conftest import REPO, average_gradients, rank_differences, rank_states, save_rank_state, tiny_recipe
 
 from codec import Codec
 from codec.quant import build_quantizer
@@ -241,15 +240,10 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                 out = q(x, mask)
                 restarted += int((q.codebook().detach() != before).any(dim=1).sum())
                 (out.quantized.square().mean() + out.loss).backward()
-                for p in q.parameters():
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= WORLD
+                average_gradients(q)
                 opt.step()
                 opt.zero_grad()
-            state = {k: v.detach().clone().contiguous() for k, v in q.state_dict().items()}
-            state["restarted"] = torch.tensor(restarted)
-            save_file(state, f"{out_dir}/{kind}_rank{rank}.safetensors")
+            save_rank_state(q, out_dir, kind, rank, restarted=torch.tensor(restarted))
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -10,8 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import rank_differences, rank_states
-from safetensors.torch import save_file
+from conftest import average_gradients, rank_differences, rank_states, save_rank_state
 
 from codec.quant import build_quantizer
 
@@ -27,14 +26,6 @@ KINDS = {
     "sf_diveq": {"warmup_steps": 2, "warmup_max_vectors": 128},
 }
 STEPS = 5
-
-
-def _average_gradients(module: torch.nn.Module) -> None:
-    """What DDP does for Parameters: all-reduce and average the gradients."""
-    for p in module.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= WORLD
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -54,11 +45,10 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                 out = q(x, mask)
                 (out.quantized.square().mean() + out.loss).backward()
                 if opt is not None:
-                    _average_gradients(q)
+                    average_gradients(q)
                     opt.step()
                     opt.zero_grad()
-            save_file({k: v.detach().clone().contiguous() for k, v in q.state_dict().items()},
-                      f"{out_dir}/{kind}_rank{rank}.safetensors")
+            save_rank_state(q, out_dir, kind, rank)
         # Both ranks leave together: tearing gloo down while the peer still sends can abort.
         dist.barrier()
     finally:
