@@ -109,9 +109,21 @@ class QuantizerConfig:
 
 @dataclass
 class ModelConfig:
-    """The whole codec: audio format, encoder/decoder shape and the residual quantizer."""
+    """The whole codec: audio format, encoder/decoder shape and the residual quantizer.
+
+    ``architecture`` picks the encoder/decoder family: ``seanet`` (causal strided convs at the
+    sample rate; ``channels``, ``dilations``, ``residual_kernel_size``, ``norm``,
+    ``activation`` apply) or ``convnext`` (causal STFT, ConvNeXt blocks at the frame rate and
+    an inverse-STFT head; ``width``, ``encoder_blocks``, ``decoder_blocks``, ``mlp_ratio``
+    apply, ``kernel_size`` is the depthwise kernel). Both take the hop from ``strides``.
+    """
 
     sample_rate: int = 16000
+    architecture: str = "seanet"
+    width: int = 384
+    encoder_blocks: int = 4
+    decoder_blocks: int = 8
+    mlp_ratio: int = 3
     channels: int = 32
     latent_dim: int = 128
     strides: list = field(default_factory=lambda: [2, 4, 5, 8])
@@ -144,6 +156,10 @@ class ModelConfig:
             raise ConfigError("sample_rate, channels and latent_dim must be positive")
         if not self.strides or any(int(s) < 1 for s in self.strides):
             raise ConfigError("strides must be a non-empty list of positive integers")
+        if self.architecture not in ("seanet", "convnext"):
+            raise ConfigError(f"architecture must be 'seanet' or 'convnext', not {self.architecture!r}")
+        if min(self.width, self.mlp_ratio, self.kernel_size) < 1 or min(self.encoder_blocks, self.decoder_blocks) < 0:
+            raise ConfigError("width, mlp_ratio and kernel_size must be positive, block counts non-negative")
         if self.norm not in ("weight_norm", "none"):
             raise ConfigError(f"norm must be 'weight_norm' or 'none', not {self.norm!r}")
         from codec.nn.activations import ACTIVATIONS  # late, like the quantizer kinds below

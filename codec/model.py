@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from codec.config import ConfigError, ModelConfig, load_recipe
+from codec.nn.convnext import ConvNeXtDecoder, ConvNeXtEncoder
 from codec.nn.seanet import Decoder, Encoder
 from codec.nn.streaming import set_streaming
 from codec.quant.residual import ResidualQuantizer
@@ -42,6 +43,27 @@ class CodecOutput:
     n_q: Tensor
 
 
+def build_encoder_decoder(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    """The encoder (audio [B, 1, T] -> latents [B, D, T / hop]) and the decoder (latents ->
+    audio [B, 1, F * hop]) of ``cfg.architecture``."""
+    if cfg.architecture == "convnext":
+        shape = {"latent_dim": cfg.latent_dim, "hop": int(math.prod(cfg.strides)), "width": cfg.width,
+                 "kernel_size": cfg.kernel_size, "mlp_ratio": cfg.mlp_ratio}
+        return (ConvNeXtEncoder(blocks=cfg.encoder_blocks, **shape),
+                ConvNeXtDecoder(blocks=cfg.decoder_blocks, **shape))
+    shape = {
+        "channels": cfg.channels,
+        "latent_dim": cfg.latent_dim,
+        "strides": cfg.strides,
+        "dilations": cfg.dilations,
+        "kernel_size": cfg.kernel_size,
+        "residual_kernel_size": cfg.residual_kernel_size,
+        "norm": cfg.norm,
+        "activation": cfg.activation,
+    }
+    return Encoder(**shape), Decoder(**shape)
+
+
 class Codec(nn.Module):
     """The neural speech codec. Build it with ``Codec.from_config(recipe)`` or load it with
     ``Codec.from_pretrained(dir)``."""
@@ -49,18 +71,7 @@ class Codec(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        shape = {
-            "channels": cfg.channels,
-            "latent_dim": cfg.latent_dim,
-            "strides": cfg.strides,
-            "dilations": cfg.dilations,
-            "kernel_size": cfg.kernel_size,
-            "residual_kernel_size": cfg.residual_kernel_size,
-            "norm": cfg.norm,
-            "activation": cfg.activation,
-        }
-        self.encoder = Encoder(**shape)
-        self.decoder = Decoder(**shape)
+        self.encoder, self.decoder = build_encoder_decoder(cfg)
         self.quantizer = ResidualQuantizer(cfg.latent_dim, cfg.quantizer)
         self._stream_samples: int | None = None
         self._stream_batch = 1

@@ -117,9 +117,9 @@ def test_p13_codec_encode_runs_exact_fp64_chain() -> None:
     for stage in rq.stages:
         orig = stage.quantizer.encode
 
-        def wrapped(x, _orig=orig):
+        def wrapped(x, *book, _orig=orig):
             seen.append(x.clone())
-            return _orig(x)
+            return _orig(x, *book)
 
         stage.quantizer.encode = wrapped
     try:

@@ -14,7 +14,8 @@ from codec.nn.streaming import StreamingLayer
 
 
 class CausalConv1d(StreamingLayer):
-    """Conv1d with causal left padding and a streaming mode.
+    """Conv1d with causal left padding and a streaming mode (``groups`` as in nn.Conv1d: a
+    depthwise conv has groups = in_channels and runs on PyTorch's grouped kernel).
 
     Input float [B, C_in, T] -> output [B, C_out, T // stride] offline (T a multiple of stride).
     In streaming mode, chunks of any length go in; the outputs they complete come out, and the
@@ -29,6 +30,7 @@ class CausalConv1d(StreamingLayer):
         stride: int = 1,
         dilation: int = 1,
         norm: str = "weight_norm",
+        groups: int = 1,
     ) -> None:
         super().__init__()
         self.kernel_span = (kernel_size - 1) * dilation + 1
@@ -36,7 +38,7 @@ class CausalConv1d(StreamingLayer):
             raise ValueError(f"kernel span {self.kernel_span} is shorter than stride {stride}")
         self.stride = stride
         self.context = self.kernel_span - stride
-        conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
+        conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, groups=groups)
         self.conv = weight_norm(conv) if norm == "weight_norm" else conv
         self._infer: tuple[tuple, list[Tensor], Tensor] | None = None
 
@@ -79,7 +81,7 @@ class CausalConv1d(StreamingLayer):
         it handles: stride 1, or a kernel that is a whole number of strides without dilation."""
         if torch.is_grad_enabled() and (x.requires_grad or self.conv.bias.requires_grad):
             return False
-        if x.dtype not in (torch.float32, torch.float64):
+        if x.dtype not in (torch.float32, torch.float64) or self.conv.groups != 1:
             return False
         s, k = self.stride, self.conv.kernel_size[0]
         if s != 1 and (k % s or self.conv.dilation[0] != 1):
@@ -117,14 +119,29 @@ class CausalConv1d(StreamingLayer):
             y = t.add_(bias) if y is None else y.add_(t)
         return y
 
+    def _depthwise(self, x: Tensor) -> Tensor:
+        """Depthwise conv (groups = channels) of already-padded x [B, C, L] without autograd, as
+        one multiply-and-sum over windows: a streamed frame costs 3 small ops instead of
+        PyTorch's grouped-conv set-up (~25 us for one frame of 384 channels)."""
+        conv = self.conv
+        w = conv.weight.detach().to(x.dtype)[:, 0]  # [C, k]
+        windows = x.unfold(-1, self.kernel_span, self.stride)  # [B, C, n, span]
+        if conv.dilation[0] != 1:
+            windows = windows[..., :: conv.dilation[0]]
+        return torch.einsum("bcnk,ck->bcn", windows, w) + conv.bias.detach().to(x.dtype)[:, None]
+
     def _conv(self, x: Tensor) -> Tensor:
         if self._fast_ok(x):
             return self._mm_conv(x)
         conv = self.conv
+        if (conv.groups == conv.in_channels == conv.out_channels and x.shape[-1] <= 64
+                and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))):
+            return self._depthwise(x)
+        conv = self.conv
         if x.dtype == conv.weight.dtype:
             return conv(x)
         return nn.functional.conv1d(x, conv.weight.to(x.dtype), conv.bias.to(x.dtype), conv.stride, 0,
-                                    conv.dilation)
+                                    conv.dilation, conv.groups)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._streaming:

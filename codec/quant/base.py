@@ -68,13 +68,33 @@ class Quantizer(nn.Module):
         exact path of ``nearest`` in both cases.
         """
         if self.cosine_search:
-            return nearest(l2_normalize(x.detach()), l2_normalize(book.detach()))
+            return nearest(l2_normalize(x.detach()), self._normalized(book))
         return nearest(x, book)
 
+    def _normalized(self, book: Tensor) -> Tensor:
+        """``l2_normalize(book)``, kept between calls while ``book`` is the same tensor at the
+        same version (inference, streaming), so that the search's own cache of codebook
+        terms (``search._cached_norms``) hits too instead of renormalising per frame."""
+        if book.requires_grad:
+            book = book.detach()  # a new tensor object: the cache below will miss, as it should
+        try:
+            key = (id(book), book.data_ptr(), book._version, book.dtype)
+        except RuntimeError:  # inference tensors have no version counter
+            return l2_normalize(book)
+        cached = self.__dict__.get("_normalized_book")
+        if cached is not None and cached[0] == key and cached[1] is book:
+            return cached[2]
+        normed = l2_normalize(book)
+        self.__dict__["_normalized_book"] = (key, book, normed)
+        return normed
+
     @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """Hard nearest-neighbour indices: x float [N, dim] -> int64 [N]. Deterministic."""
-        return self.search(x, self.codebook())
+    def encode(self, x: Tensor, book: Tensor | None = None) -> Tensor:
+        """Hard nearest-neighbour indices: x float [N, dim] -> int64 [N]. Deterministic.
+
+        ``book``: ``codebook()`` computed beforehand (the residual stack caches it per state),
+        so kinds that build their codebook (SimVQ, SF-DiVeQ) do not rebuild it per call."""
+        return self.search(x, self.codebook() if book is None else book)
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:

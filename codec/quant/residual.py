@@ -60,11 +60,38 @@ class ResidualStage(nn.Module):
 
     def encode(self, r: Tensor) -> Tensor:
         """Residual [N, D] (fp32, or fp64 for the exact encode path) -> codes [N]."""
-        return self.quantizer.encode(_apply(self.in_proj, r))
+        with torch.no_grad():
+            book, _ = self._tables()
+            return self.quantizer.encode(_apply(self.in_proj, r), book)
 
     def decode(self, codes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Codes [N] -> latent-space codeword [N, D] in ``dtype``."""
-        return _apply(self.out_proj, self.quantizer.decode(codes).to(dtype))
+        """Codes [N] -> latent-space codeword [N, D] in ``dtype``: a row of the table of every
+        codeword already projected back to the latent space (``_tables``)."""
+        with torch.no_grad():
+            _, table = self._tables()
+            return table[codes].to(dtype)
+
+    def _tables(self) -> tuple[Tensor, Tensor]:
+        """(codebook [K, d], out_proj(codebook) [K, D]), detached float32, computed once per
+        state of this stage: the key holds the storage and version counter of every parameter
+        and buffer (optimizer steps, EMA updates, restarts, ``load_state_dict`` all bump one),
+        so inference, and a stream of one-frame chunks above all, neither rebuilds a codebook
+        (SimVQ, SF-DiVeQ) nor re-projects it per call."""
+        tensors = self.__dict__.get("_state_tensors")
+        if tensors is None:  # the objects stay (load_state_dict and .to() swap their data in place)
+            tensors = [*self.quantizer.parameters(), *self.quantizer.buffers(), *self.out_proj.parameters()]
+            self.__dict__["_state_tensors"] = tensors
+        try:
+            key = tuple((t.data_ptr(), t._version) for t in tensors)
+        except RuntimeError:  # inference tensors have no version counter: no caching
+            key = None
+        cached = self.__dict__.get("_table_cache")
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        book = self.quantizer.codebook().detach().float()
+        table = _apply(self.out_proj, book).contiguous() if self.projected else book
+        self.__dict__["_table_cache"] = (key, book, table)
+        return book, table
 
 
 class ResidualQuantizer(nn.Module):

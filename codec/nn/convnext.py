@@ -1,0 +1,85 @@
+"""Frame-rate ConvNeXt encoder and decoder around a causal STFT (Vocos-style synthesis).
+
+Encoder: waveform -> CausalSTFT features (log-magnitude and phase of 2-hop windows) ->
+Linear -> causal ConvNeXt blocks -> LayerNorm -> Linear -> latents [B, D, F].
+Decoder: latents -> causal conv (kernel 3) -> causal ConvNeXt blocks -> LayerNorm -> Linear
+-> log-magnitude and phase per frame -> CausalISTFT -> waveform.
+
+Every layer after the STFT runs at the frame rate (50 Hz), so the work is a few large
+matrix products per frame instead of many thin convolutions at 16 kHz; the only layers
+that look at other frames are the depthwise causal convolutions, which stream with the
+same bounded buffers as every CausalConv1d. Inputs may be float64 (the exact encode path):
+parameters are cast to the input's dtype on the fly.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from codec.nn.conv import CausalConv1d
+from codec.nn.stft import CausalISTFT, CausalSTFT
+
+#: Initial value of every block's per-channel residual scale: blocks start close to identity.
+LAYER_SCALE_INIT = 0.1
+
+
+def linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer`` applied to x [..., in] in x's dtype -> [..., out]."""
+    return F.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+
+
+def layer_norm(layer: nn.LayerNorm, x: Tensor) -> Tensor:
+    """``layer`` (over the last dimension) applied to x in x's dtype."""
+    return F.layer_norm(x, layer.normalized_shape, layer.weight.to(x.dtype), layer.bias.to(x.dtype), layer.eps)
+
+
+class ConvNeXtBlock(nn.Module):
+    """x + gamma * W2 gelu(W1 LayerNorm(causal depthwise conv(x))), float [B, C, F] -> [B, C, F]."""
+
+    def __init__(self, channels: int, kernel_size: int = 7, mlp_ratio: int = 3) -> None:
+        super().__init__()
+        self.dwconv = CausalConv1d(channels, channels, kernel_size, groups=channels, norm="none")
+        self.norm = nn.LayerNorm(channels)
+        self.fc1 = nn.Linear(channels, mlp_ratio * channels)
+        self.fc2 = nn.Linear(mlp_ratio * channels, channels)
+        self.gamma = nn.Parameter(torch.full((channels,), LAYER_SCALE_INIT))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.dwconv(x).transpose(1, 2)  # [B, F, C]
+        h = linear(self.fc2, F.gelu(linear(self.fc1, layer_norm(self.norm, h))))
+        return x + (h * self.gamma.to(h.dtype)).transpose(1, 2)
+
+
+class ConvNeXtEncoder(nn.Module):
+    """Waveform float [B, 1, T] (T a multiple of hop) -> latents [B, latent_dim, T / hop]."""
+
+    def __init__(self, latent_dim: int, hop: int, width: int, blocks: int, kernel_size: int = 7,
+                 mlp_ratio: int = 3) -> None:
+        super().__init__()
+        self.stft = CausalSTFT(hop)
+        self.inp = nn.Linear(self.stft.features, width)
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(width, kernel_size, mlp_ratio) for _ in range(blocks)])
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, latent_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.blocks(linear(self.inp, self.stft(x)).transpose(1, 2)).transpose(1, 2)
+        return linear(self.out, layer_norm(self.norm, h)).transpose(1, 2)
+
+
+class ConvNeXtDecoder(nn.Module):
+    """Latents float [B, latent_dim, F] -> waveform [B, 1, F * hop]."""
+
+    def __init__(self, latent_dim: int, hop: int, width: int, blocks: int, kernel_size: int = 7,
+                 mlp_ratio: int = 3) -> None:
+        super().__init__()
+        self.inp = CausalConv1d(latent_dim, width, 3, norm="none")
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(width, kernel_size, mlp_ratio) for _ in range(blocks)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 2 * (hop + 1))
+        self.istft = CausalISTFT(hop)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.blocks(self.inp(z)).transpose(1, 2)
+        return self.istft(linear(self.head, layer_norm(self.norm, h)))

@@ -1,0 +1,165 @@
+"""The frame-rate ConvNeXt architecture: STFT analysis / synthesis maths, causality,
+streaming equal to offline, the fp64 exact path, gradients, and its fast inference paths."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import REPO, speech
+
+from codec import Codec
+from codec.config import ConfigError, deep_merge, load_recipe
+from codec.nn.conv import CausalConv1d
+from codec.nn.stft import CausalISTFT, CausalSTFT
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+HOP = 320
+
+
+def tiny_convnext(kind: str = "ste", seed: int = 0, **model: object) -> Codec:
+    torch.manual_seed(seed)
+    recipe = deep_merge(load_recipe(REPO / "recipes" / "tiny_convnext.yaml"),
+                        {"model": {"quantizer": {"kind": kind}, **model}})
+    return Codec.from_config(recipe)
+
+
+def warmed(kind: str) -> Codec:
+    """A tiny ConvNeXt codec whose codebooks have seen real speech twice (codes spread out)."""
+    model = tiny_convnext(kind)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(speech(2.0))
+    return model.eval()
+
+
+def test_stft_then_istft_is_the_identity_one_hop_late() -> None:
+    """Hann windows at 50% overlap sum to one: synthesising the spectra of the plain frames
+    gives the input back sample for sample, one hop late (frame t's first half is block t - 1)."""
+    x = speech(1.0).double()
+    stft = CausalSTFT(HOP)
+    frames = torch.nn.functional.pad(x[:, 0], (HOP, 0)).unfold(-1, 2 * HOP, HOP)
+    spec = torch.fft.rfft(frames, dim=-1)
+    y = CausalISTFT(HOP)(torch.cat([spec.abs().clamp_min(1e-30).log(), spec.angle()], dim=-1))
+    assert y.shape == x.shape
+    assert y[..., :HOP].abs().max().item() < 1e-12
+    assert (y[..., HOP:] - x[..., :-HOP]).abs().max().item() < 1e-12
+    feats = stft(x)
+    assert feats.shape == (1, x.shape[-1] // HOP, 3 * (HOP + 1))
+    # the phase features are unit vectors wherever a bin has energy
+    windowed = torch.fft.rfft(frames * torch.hann_window(2 * HOP, dtype=torch.float64), dim=-1)
+    assert torch.allclose(feats[..., : HOP + 1], torch.log(windowed.abs() + 1e-5))
+    unit = feats[..., HOP + 1 :].reshape(1, -1, 2, HOP + 1).pow(2).sum(2)
+    assert torch.allclose(unit[windowed.abs() > 1e-3], torch.ones(()).double(), atol=1e-9)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 320, 1000, 16000])
+@pytest.mark.parametrize("kind", ["ste", "ema"])
+def test_streaming_matches_offline(kind: str, chunk: int) -> None:
+    wav = speech({1: 0.206, 7: 0.5}.get(chunk, 2.0))
+    model = warmed(kind)
+    model.exact = True
+    codes = model.encode(wav)
+    with model.streaming():
+        parts = [model.encode(wav[..., i : i + chunk]) for i in range(0, wav.shape[-1], chunk)]
+        parts.append(model.flush())
+    assert torch.equal(torch.cat(parts, -1), codes)
+    assert codes.unique().numel() > 4
+    offline = model.decode(codes)
+    with model.streaming():
+        frames = torch.cat([model.decode(codes[..., t : t + 1]) for t in range(codes.shape[-1])], -1)
+    assert frames.shape == offline.shape == (1, 1, codes.shape[-1] * HOP)
+    assert (frames - offline).abs().max().item() <= 1e-5
+
+
+def test_fast_streaming_agrees_with_offline() -> None:
+    """The default fp32 encode, streamed in one-frame chunks: nearly every code equal."""
+    wav = speech(4.0)
+    model = warmed("ste")
+    codes = model.encode(wav)
+    with model.streaming():
+        streamed = torch.cat([model.encode(wav[..., i : i + HOP]) for i in range(0, wav.shape[-1], HOP)]
+                             + [model.flush()], -1)
+    assert (streamed == codes).float().mean().item() >= 0.95
+
+
+def test_encoder_and_decoder_are_causal() -> None:
+    model = warmed("ste")
+    wav = speech(1.0)
+    t = 20
+    changed = wav.clone()
+    changed[..., (t + 1) * HOP :] = torch.randn_like(changed[..., (t + 1) * HOP :])
+    a, b = model.encode(wav), model.encode(changed)
+    assert torch.equal(a[..., : t + 1], b[..., : t + 1]) and not torch.equal(a[..., t + 1 :], b[..., t + 1 :])
+    # decoded block t depends on frames <= t only
+    other = a.clone()
+    other[..., t + 1 :] = (other[..., t + 1 :] + 1) % 64
+    ya, yb = model.decode(a), model.decode(other)
+    assert torch.equal(ya[..., : (t + 1) * HOP], yb[..., : (t + 1) * HOP])
+    assert not torch.equal(ya[..., (t + 1) * HOP :], yb[..., (t + 1) * HOP :])
+
+
+def test_exact_mode_is_close_to_fast() -> None:
+    """The float64 encoder (exact mode) and the float32 one compute the same latents."""
+    model = warmed("ste")
+    wav = speech(2.0)
+    with torch.no_grad():
+        z32 = model.encoder(model._pad(wav))
+        z64 = model.encoder(model._pad(wav).double())
+    assert z64.dtype == torch.float64
+    # fp32 rounding is amplified only where log(|X| + 1e-5) sees near-empty bins
+    assert (z64 - z32.double()).abs().max().item() <= 1e-3 * z64.abs().max().item()
+
+
+def test_training_pass_reaches_every_parameter() -> None:
+    model = tiny_convnext("ste")
+    model.train()
+    wav = speech(0.5)
+    out = model(wav)
+    assert out.audio.shape == wav.shape
+    (out.audio.pow(2).mean() + out.quantizer_loss).backward()
+    for name, p in [*model.encoder.named_parameters(), *model.decoder.named_parameters()]:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_depthwise_inference_path_equals_conv1d() -> None:
+    torch.manual_seed(0)
+    for dilation in (1, 2):
+        conv = CausalConv1d(16, 16, 5, dilation=dilation, groups=16, norm="none").eval()
+        x = torch.randn(2, 16, 40)
+        with torch.no_grad():
+            fast = conv(x)
+            padded = torch.nn.functional.pad(x, (conv.context, 0))
+            ref = torch.nn.functional.conv1d(padded, conv.conv.weight, conv.conv.bias, dilation=dilation, groups=16)
+        assert (fast - ref).abs().max().item() < 1e-5
+
+
+def test_stage_tables_follow_codebook_changes() -> None:
+    """The per-stage inference tables (codebook and its latent-space projection) are rebuilt
+    when a parameter changes in place (an optimizer step, load_state_dict)."""
+    model = warmed("ste")
+    wav = speech(1.0)
+    codes = model.encode(wav)
+    before = model.decode(codes)
+    with torch.no_grad():
+        for stage in model.quantizer.stages:
+            stage.quantizer.embed.mul_(-1.0)
+    assert not torch.equal(model.encode(wav), codes) or not torch.equal(model.decode(codes), before)
+    assert (model.decode(codes) - before).abs().max().item() > 0
+
+
+def test_architecture_is_validated() -> None:
+    with pytest.raises(ConfigError, match="architecture"):
+        tiny_convnext(architecture="transformer")
+    with pytest.raises(ConfigError, match="width"):
+        tiny_convnext(width=0)
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    model = warmed("ste")
+    wav = speech(1.0)
+    model.save_pretrained(tmp_path / "m")
+    again = Codec.from_pretrained(tmp_path / "m")
+    assert again.fingerprint() == model.fingerprint()
+    assert torch.equal(again.encode(wav), model.encode(wav))
+    assert torch.equal(again.decode(model.encode(wav)), model.decode(model.encode(wav)))
