@@ -100,9 +100,12 @@ def load_encodec(bandwidth: float = 6.0):
 # ----- multiply-add counting ------------------------------------------------------------------------
 def count_macs(model: nn.Module, run: Callable[[], object]) -> int:
     """Multiply-adds of ``run()`` in ``model``'s convolutions, LSTMs and linear layers, from
-    the shapes the layers actually see (forward hooks). Our CausalConv1d is counted as a
-    whole (its inner Conv1d is skipped so nothing counts twice). Element-wise work
-    (activations, norms, additions) is not counted."""
+    the shapes the layers actually see (forward hooks on the conv and LSTM modules; every
+    ``torch.nn.functional.linear`` call, module or not, since the ConvNeXt blocks call it
+    directly). Our CausalConv1d is counted as a whole (its inner Conv1d is skipped so
+    nothing counts twice). Element-wise work (activations, norms, additions) and FFTs (the
+    ConvNeXt model's STFTs: ~0.6 M real multiply-adds per second of audio each way) are not
+    counted."""
     total = [0]
     inner = {id(m.conv) for m in model.modules() if isinstance(m, CausalConv1d)}
 
@@ -115,8 +118,6 @@ def count_macs(model: nn.Module, run: Callable[[], object]) -> int:
         x = inp[0]
         total[0] += x.numel() * (mod.out_channels // mod.groups) * mod.kernel_size[0]
 
-    def linear_hook(mod, inp, out):
-        total[0] += out.numel() * mod.in_features
 
     def lstm_hook(mod, inp, out):
         x = inp[0]
@@ -135,23 +136,34 @@ def count_macs(model: nn.Module, run: Callable[[], object]) -> int:
             handles.append(m.register_forward_hook(tconv_hook))
         elif isinstance(m, nn.LSTM):
             handles.append(m.register_forward_hook(lstm_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+    functional_linear = nn.functional.linear
+
+    def counted_linear(x, weight, bias=None):
+        out = functional_linear(x, weight, bias)
+        total[0] += out.numel() * weight.shape[1]
+        return out
+
+    nn.functional.linear = counted_linear
     try:
         with torch.no_grad():
             run()
     finally:
+        nn.functional.linear = functional_linear
         for h in handles:
             h.remove()
     return total[0]
 
 
 def our_macs(model: Codec, seconds: float = 1.0) -> dict[str, float]:
-    """Multiply-adds per second of audio: encoder, code search, decoder."""
+    """Multiply-adds per second of audio: encoder, code search (with its projections),
+    decoder."""
     wav = torch.zeros(1, 1, int(seconds * model.sample_rate))
     enc = count_macs(model.encoder, lambda: model.encoder(wav))
     frames = model.frame_rate * seconds
-    search = frames * sum(k * model.cfg.latent_dim for k in model.codebook_sizes)
+    # per stage: the distance matmul in the code space, plus the projection into it
+    search = frames * sum(st.codebook_size * st.quantizer.dim + (model.cfg.latent_dim * st.quantizer.dim
+                                                                 if st.projected else 0)
+                          for st in model.quantizer.stages)
     z = torch.zeros(1, model.cfg.latent_dim, int(frames))
     dec = count_macs(model.decoder, lambda: model.decoder(z))
     return {"encoder": enc / seconds, "search": search / seconds, "decoder": dec / seconds}

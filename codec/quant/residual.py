@@ -60,16 +60,14 @@ class ResidualStage(nn.Module):
 
     def encode(self, r: Tensor) -> Tensor:
         """Residual [N, D] (fp32, or fp64 for the exact encode path) -> codes [N]."""
-        with torch.no_grad():
-            book, _ = self._tables()
-            return self.quantizer.encode(_apply(self.in_proj, r), book)
+        book, _ = self._tables()
+        return self.quantizer.encode(_apply(self.in_proj, r.detach()), book)
 
     def decode(self, codes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """Codes [N] -> latent-space codeword [N, D] in ``dtype``: a row of the table of every
         codeword already projected back to the latent space (``_tables``)."""
-        with torch.no_grad():
-            _, table = self._tables()
-            return table[codes].to(dtype)
+        _, table = self._tables()
+        return table[codes].to(dtype)
 
     def _tables(self) -> tuple[Tensor, Tensor]:
         """(codebook [K, d], out_proj(codebook) [K, D]), detached float32, computed once per
@@ -88,8 +86,9 @@ class ResidualStage(nn.Module):
         cached = self.__dict__.get("_table_cache")
         if key is not None and cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        book = self.quantizer.codebook().detach().float()
-        table = _apply(self.out_proj, book).contiguous() if self.projected else book
+        with torch.no_grad():
+            book = self.quantizer.codebook().detach().float()
+            table = _apply(self.out_proj, book).contiguous() if self.projected else book
         self.__dict__["_table_cache"] = (key, book, table)
         return book, table
 
@@ -197,7 +196,8 @@ class ResidualQuantizer(nn.Module):
             p = stage.in_proj(r)
             out = stage.quantizer(p, mask=active)
             keep = active.unsqueeze(1).to(x.dtype)
-            c_lat = stage.out_proj(out.codeword)
+            # eval: the very rows ``decode`` looks up, so the output is decode(encode(z))
+            c_lat = stage.out_proj(out.codeword) if self.training else stage.decode(out.codes, x.dtype)
             hard = c_lat.detach() * keep
             hard_sum = hard_sum + hard
             if self.training and stage.quantizer.differentiable_codeword:

@@ -75,14 +75,10 @@ def nearest(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | 
     original subtraction).
     """
     if x.dtype != torch.float64:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            xs = x.detach().float()
-            est, e2, _ = _cached_norms(codebook, torch.float32) if norms is None else norms
-            dist = torch.addmm(e2, xs, est, alpha=-2.0).add_((xs * xs).sum(dim=1, keepdim=True))
-            best = dist.amin(dim=1, keepdim=True)
-            # The first index within _TIE32 of the best: near-duplicate codewords (restarts
-            # make them) go to the same index whatever the rounding of this batch shape.
-            return (dist <= best + _TIE32 * best.abs()).to(torch.uint8).argmax(dim=1)
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return _nearest32(x, codebook, norms)
+        return _nearest32(x, codebook, norms)  # no autocast context: a streamed frame's 12 searches
     # fp64: autocast never casts float64 operands, so no autocast guard is needed here.
     xs = x.detach()
     est, e2, e2max = _cached_norms(codebook) if norms is None else norms
@@ -90,3 +86,14 @@ def nearest(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | 
     dist = torch.add(x2, e2).sub_(xs @ est, alpha=2.0)
     scale = (x2 + e2max).clamp_min_(1e-300).mul_(_SNAP)
     return dist.div_(scale).round_().argmin(dim=1)
+
+
+def _nearest32(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+    """``nearest``'s float32 path (autocast already off)."""
+    xs = x.detach().float()
+    est, e2, _ = _cached_norms(codebook, torch.float32) if norms is None else norms
+    dist = torch.addmm(e2, xs, est, alpha=-2.0).add_((xs * xs).sum(dim=1, keepdim=True))
+    best = dist.amin(dim=1, keepdim=True)
+    # The first index within _TIE32 of the best: near-duplicate codewords (restarts make
+    # them) go to the same index whatever the rounding of this batch shape.
+    return (dist <= best + _TIE32 * best.abs()).to(torch.uint8).argmax(dim=1)
