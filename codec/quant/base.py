@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from codec.quant.search import nearest
+from codec.quant.search import nearest, nearest_cosine
 
 
 @dataclass
@@ -64,11 +64,11 @@ class Quantizer(nn.Module):
 
         argmin_k ||x - e_k||^2, or with ``cosine_search`` argmin_k ||x^ - e^_k||^2 with
         x^ = x / ||x||, e^_k = e_k / ||e_k||, i.e. the largest cosine (DAC's factorised codes:
-        the search is normalised, the output stays the raw codeword e_k). fp64 rows take the
-        exact path of ``nearest`` in both cases.
+        the search is normalised, the output stays the raw codeword e_k), computed as
+        argmax_k x . e^_k (``nearest_cosine``). fp64 rows take the exact paths.
         """
         if self.cosine_search:
-            return nearest(l2_normalize(x.detach()), self._normalized(book))
+            return nearest_cosine(x, self._normalized(book))
         return nearest(x, book)
 
     def _normalized(self, book: Tensor) -> Tensor:

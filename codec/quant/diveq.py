@@ -123,7 +123,7 @@ class DiVeQQuantizer(Quantizer):
                 scale = REPLACE_PERTURBATION * safe_norm(base).clamp_min(1e-12)
                 fresh = base + scale * torch.randn_like(base) / math.sqrt(self.dim)
                 self.embed.copy_(torch.where(dead[:, None], fresh, self.embed))
-            broadcast_from_rank0(self.embed.data)
+            broadcast_from_rank0(self.embed)
         else:
             num_dead = 0
         self.used_steps.zero_()

@@ -97,3 +97,28 @@ def _nearest32(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor]
     # The first index within _TIE32 of the best: near-duplicate codewords (restarts make
     # them) go to the same index whatever the rounding of this batch shape.
     return (dist <= best + _TIE32 * best.abs()).to(torch.uint8).argmax(dim=1)
+
+
+def nearest_cosine(x: Tensor, unit_codebook: Tensor) -> Tensor:
+    """Index of the codeword of largest cosine for every row: x float [N, d], unit_codebook
+    float [K, d] with unit-norm rows -> int64 [N], argmax_k x . e_k (the cosine up to the
+    positive factor ||x||, so x needs no normalising; a zero row gets index 0).
+
+    fp32: scores within a relative 2^-21 of the best tie, lowest index wins (as ``nearest``).
+    fp64 (exact path): scores snapped to 2^-32 of ||x||, the largest a score can be, so
+    streamed and offline rows pick the same code. One matmul per call, against the cached
+    transposed codebook.
+    """
+    if x.dtype != torch.float64:
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return nearest_cosine(x.float(), unit_codebook)
+        xs = x.detach().float()
+        est, _, _ = _cached_norms(unit_codebook, torch.float32)
+        scores = xs @ est
+        best = scores.amax(dim=1, keepdim=True)
+        return (scores >= best - _TIE32 * best.abs()).to(torch.uint8).argmax(dim=1)
+    xs = x.detach()
+    est, _, _ = _cached_norms(unit_codebook)
+    scale = xs.norm(dim=1, keepdim=True).clamp_min_(1e-300).mul_(_SNAP)
+    return (xs @ est).div_(scale).round_().argmax(dim=1)

@@ -97,7 +97,7 @@ class SFDiVeQQuantizer(Quantizer):
             if filled > 0:
                 means = chunk_means(self.reservoir[:filled], self.codebook_size + 1)
                 self.vertices.copy_(means.to(self.vertices))
-        broadcast_from_rank0(self.vertices.data)
+        broadcast_from_rank0(self.vertices)
         self.reservoir = self.reservoir.new_zeros(0, self.dim)
         self.seen.zero_()
 

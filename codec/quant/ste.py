@@ -61,7 +61,7 @@ class STEQuantizer(Quantizer):
         # A stage dropped for the whole batch waits for a batch that reaches it.
         if not bool(broadcast_from_rank0(ok)):
             return
-        broadcast_from_rank0(self.embed.data)  # every rank starts from rank 0's centroids
+        broadcast_from_rank0(self.embed)  # every rank starts from rank 0's centroids
         self.initialized.fill_(True)
 
     @torch.no_grad()
