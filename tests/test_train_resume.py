@@ -126,3 +126,15 @@ def test_csv_stage_statistics_match_a_recount(reference: Path) -> None:
         assert float(last[f"s{s}_perplexity"]) == pytest.approx(float(perplexity(c)), rel=1e-5)
         assert float(last[f"s{s}_utilisation"]) == pytest.approx(float(utilisation(c)), rel=1e-5)
         assert float(last[f"s{s}_dead_codes"]) == float((c == 0).sum())
+
+
+def test_wall_clock_budget_ends_the_run_like_its_last_step(tmp_path: Path) -> None:
+    """train.max_minutes: a budget shorter than one step stops after step 1 with the final
+    validation, checkpoint and export that a run's last step gets."""
+    out = tmp_path / "run"
+    res = train(out, "--set", "total_steps=1000", "--set", "max_minutes=0.0001")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_log(out / "log.csv")
+    assert [(r["step"], r["split"]) for r in rows] == [("1", "train"), ("1", "valid")]
+    assert steps(out) == [1]
+    assert Codec.from_pretrained(out / "model").num_stages == 4

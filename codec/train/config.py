@@ -60,6 +60,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 1000  # linear warm-up from 0
     total_steps: int = 200_000
+    max_minutes: float = 0.0  # > 0: stop (validate, checkpoint, export) after this much wall time
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     clip_grad_norm: float = 1.0  # 0: no clipping (the norm is still logged)
     log_every: int = 50
@@ -79,6 +80,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not self.max_minutes >= 0:
+            raise ConfigError(f"train.max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas must be two numbers, got {self.betas}")
         if self.data.crop_seconds <= 0 or self.data.valid_seconds <= 0:

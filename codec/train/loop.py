@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from codec.model import Codec
+from codec.quant.distributed import broadcast_from_rank0
 from codec.train import checkpoint as ckpt
 from codec.train.config import ConfigError, TrainConfig, load_training_recipe
 from codec.train.data import CropBatches, DataError, utterances_from, validation_set
@@ -199,7 +200,11 @@ def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str |
     bar = tqdm(total=cfg.total_steps, initial=start, desc="train", unit="step", disable=not main or quiet,
                file=sys.stderr, dynamic_ncols=True)
     step = start
-    while step < cfg.total_steps:
+    # A wall-clock budget (train.max_minutes) ends the run like the last step would; the
+    # decision is rank 0's, shared every step so that all ranks stop together.
+    deadline = time.monotonic() + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else None
+    stop = False
+    while step < cfg.total_steps and not stop:
         for micro in range(accum):
             k = step * accum + micro
             batch = next(it)
@@ -222,8 +227,12 @@ def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str |
         scheduler.step()
         step += 1
         bar.update(1)
+        if deadline is not None:
+            late = torch.tensor(float(time.monotonic() > deadline), device=device)
+            stop = bool(broadcast_from_rank0(late))
+        last = stop or step == cfg.total_steps
 
-        if step % cfg.log_every == 0 or step == cfg.total_steps:
+        if step % cfg.log_every == 0 or last:
             means = accelerator.reduce(sums / max(1, n_sums), reduction="mean")
             elapsed = time.perf_counter() - t0
             if main:
@@ -238,9 +247,9 @@ def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str |
                 bar.set_postfix(loss=f"{row['loss']:.3f}", audio_s_per_s=f"{row['audio_s_per_s']:.1f}")
             sums.zero_()
             n_sums, t0 = 0, time.perf_counter()
-        if step % cfg.val_every == 0 or step == cfg.total_steps:
+        if step % cfg.val_every == 0 or last:
             run_validation(step)
-        if step % cfg.ckpt_every == 0 or step == cfg.total_steps:
+        if step % cfg.ckpt_every == 0 or last:
             checkpoint(step)
             t0 = time.perf_counter()  # checkpoint time is not training throughput
     bar.close()
