@@ -25,7 +25,7 @@ def recipe_kinds(name: str) -> list[str]:
     if name in ("base", "ste"):
         return ["ste"] * 12
     if name == "speech16k":  # the shipped default model's recipe
-        return ["ste"] * 12
+        return ["ema"] * 12
     return [name] * 12
 
 
