@@ -91,11 +91,22 @@ class Codec(nn.Module):
         """The model configuration as a JSON-serialisable dict."""
         return self.cfg.to_dict()
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``."""
+    def training_state_keys(self) -> list[str]:
+        """State-dict keys of buffers that only training reads (EMA statistics, usage windows,
+        restart counters: each module's ``TRAINING_STATE``); encode and decode never do."""
+        return [f"{name}.{b}" if name else b for name, m in self.named_modules()
+                for b in getattr(m, "TRAINING_STATE", ())]
+
+    def save_pretrained(self, directory: str | Path, training_state: bool = True) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``.
+
+        ``training_state=False`` leaves out ``training_state_keys()`` (for a shipped model: a
+        third smaller with EMA stages; ``from_pretrained`` zeroes them, so training from such a
+        file starts those statistics afresh)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        skip = set() if training_state else set(self.training_state_keys())
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in skip}
         tmp = directory / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp))
         tmp.replace(directory / WEIGHTS_NAME)
@@ -117,7 +128,16 @@ class Codec(nn.Module):
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read {cfg_path}: {exc}") from None
         model = cls(ModelConfig.from_dict(cfg))
-        model.load_state_dict(load_file(str(weights_path), device=str(device)))
+        state = load_file(str(weights_path), device=str(device))
+        optional = set(model.training_state_keys())
+        missing = set(model.state_dict()) - set(state)
+        if missing - optional:
+            raise ConfigError(f"{weights_path} lacks {len(missing - optional)} weight(s), e.g. "
+                              f"{sorted(missing - optional)[0]}")
+        # Left-out training statistics load as zeros: the same state (and fingerprint) everywhere.
+        full = model.state_dict()
+        state.update({k: torch.zeros_like(full[k]) for k in missing})
+        model.load_state_dict(state)
         return model.to(device).eval()
 
     @classmethod

@@ -153,6 +153,37 @@ def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
     assert torch.equal(loaded(wav).audio, model(wav).audio)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_without_training_state_codes_the_same(kind: str, tmp_path: Path) -> None:
+    """A shipped model leaves out EMA statistics, usage windows and restart counters: the
+    file is smaller, every load of it has the same state (zeros there), and encode / decode
+    are unchanged."""
+    model = trained_tiny(kind)
+    skip = set(model.training_state_keys())
+    assert {k for k in skip if k.endswith("usage.ring")} and (kind != "ema" or any("embed_sum" in k for k in skip))
+    full = model.save_pretrained(tmp_path / "full")
+    lean = model.save_pretrained(tmp_path / "lean", training_state=False)
+    assert (lean / WEIGHTS_NAME).stat().st_size < (full / WEIGHTS_NAME).stat().st_size
+    a, b = Codec.from_pretrained(lean), Codec.from_pretrained(lean)
+    assert a.fingerprint() == b.fingerprint()
+    assert all(not a.state_dict()[k].any() for k in skip)
+    wav = speech(1.0)
+    codes = model.encode(wav)
+    assert torch.equal(a.encode(wav), codes)
+    assert torch.equal(a.decode(codes), model.decode(codes))
+
+
+def test_from_pretrained_rejects_missing_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    saved = tiny_model("ema").save_pretrained(tmp_path)
+    state = load_file(str(saved / WEIGHTS_NAME))
+    del state["decoder.net.0.conv.bias"]
+    save_file(state, str(saved / WEIGHTS_NAME))
+    with pytest.raises(ConfigError, match="lacks 1 weight"):
+        Codec.from_pretrained(saved)
+
+
 def test_from_pretrained_rejects_incomplete_directory(tmp_path: Path) -> None:
     tiny_model("ste").save_pretrained(tmp_path)
     (tmp_path / WEIGHTS_NAME).unlink()

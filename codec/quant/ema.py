@@ -52,6 +52,9 @@ class EMAQuantizer(Quantizer):
     initialized (bool scalar).
     """
 
+    #: Buffers only training reads (``Codec.save_pretrained(training_state=False)`` leaves them out).
+    TRAINING_STATE = ("cluster_size", "embed_sum")
+
     def __init__(self, dim: int, codebook_size: int, decay: float = 0.99, eps: float = 1e-5,
                  dead_threshold: float = 2.0, commitment: float = 1.0, kmeans_init: bool = True,
                  kmeans_iters: int = 50, cosine_search: bool = False) -> None:

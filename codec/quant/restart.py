@@ -30,6 +30,9 @@ class CodeRestart(nn.Module):
     identical on every rank (the counts are all-reduced), so the set of restarted codes is too.
     """
 
+    #: Buffers only training reads (``Codec.save_pretrained(training_state=False)`` leaves them out).
+    TRAINING_STATE = ("idle",)
+
     def __init__(self, codebook_size: int, after: int) -> None:
         super().__init__()
         if after < 1:

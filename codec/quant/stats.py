@@ -40,6 +40,9 @@ class UsageWindow(nn.Module):
     The ring is a buffer, so it is saved with checkpoints and restored on resume.
     """
 
+    #: Buffers only training reads (``Codec.save_pretrained(training_state=False)`` leaves them out).
+    TRAINING_STATE = ("ring", "step")
+
     def __init__(self, codebook_size: int, window: int = 100) -> None:
         super().__init__()
         self.codebook_size = codebook_size
