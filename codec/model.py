@@ -133,7 +133,7 @@ class Codec(nn.Module):
         missing = set(model.state_dict()) - set(state)
         if missing - optional:
             raise ConfigError(f"{weights_path} lacks {len(missing - optional)} weight(s), e.g. "
-                              f"{sorted(missing - optional)[0]}")
+                              f"{min(missing - optional)}")
         # Left-out training statistics load as zeros: the same state (and fingerprint) everywhere.
         full = model.state_dict()
         state.update({k: torch.zeros_like(full[k]) for k in missing})
