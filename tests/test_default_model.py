@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import one_error_line, tiny_model
+from conftest import REPO, one_error_line, tiny_model
 
 from codec import Codec, pretrained
 from codec.bitstream.container import parse
@@ -209,3 +209,30 @@ def test_demo_help(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "--model NAME|DIR" in text and "PESQ" in text and "--out DIR" in text
+
+
+# ----- shipping a trained model ---------------------------------------------------------------
+def test_ship_model_writes_a_lean_shipped_model(shipped, capsys):
+    import sys
+
+    sys_path = str(REPO / "tools")
+    sys.path.insert(0, sys_path)
+    try:
+        import ship_model
+    finally:
+        sys.path.remove(sys_path)
+    root = shipped["root"]
+    target = root / "pretrained" / "fresh"
+    target.mkdir()
+    (target / "MODEL_CARD.md").write_text("card")
+    (target / "priors.json").write_text("{}")  # stale: belonged to other weights
+    assert ship_model.main([str(root / "trained"), "fresh"]) == 0
+    assert sorted(p.name for p in target.iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors"]
+    assert "fresh" in pretrained.list_models()
+    trained, lean = Codec.from_pretrained(root / "trained"), Codec.from_pretrained("fresh")
+    wav = torch.from_numpy(shipped["audio"])[None, None]
+    assert torch.equal(lean.encode(wav), trained.encode(wav))
+    assert ship_model.main([str(root / "missing"), "fresh"]) == 2
+    assert ship_model.main([str(root / "trained"), "../bad"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0:2] for line in err[-2:]] == [["ship_model", " error"]] * 2

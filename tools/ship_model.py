@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Copy a trained model into the package as a shipped model, without its training-only state.
+
+    python tools/ship_model.py exp/speech16k/model speech16k
+
+writes ``codec/pretrained/<name>/config.json`` and ``model.safetensors`` (EMA statistics,
+usage windows and restart counters left out: ``Codec.save_pretrained(training_state=False)``),
+keeping any MODEL_CARD.md already there and removing a priors.json that belonged to the
+previous weights (make new ones with ``codec priors --model <name> --data DIR``).
+Bad input ends with one ``ship_model: error:`` line and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from codec.config import ConfigError
+from codec.model import Codec
+from codec import pretrained
+
+
+def ship(source: Path, name: str) -> Path:
+    """Write ``source``'s model as the shipped model ``name``; returns its directory."""
+    if not pretrained.is_name(name):
+        raise ConfigError(f"{name!r} is not a valid model name (letters, digits, '.', '_', '-')")
+    model = Codec.from_pretrained(source)
+    root = Path(pretrained.PRETRAINED_ROOT)  # read at call time (tests point it elsewhere)
+    target = root / name
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        model.save_pretrained(tmp, training_state=False)
+        Codec.from_pretrained(tmp)  # loads back before anything is replaced
+        target.mkdir(exist_ok=True)
+        for f in Path(tmp).iterdir():
+            shutil.move(str(f), target / f.name)
+    (target / "priors.json").unlink(missing_ok=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", type=Path, help="a model directory (Codec.save_pretrained, e.g. exp/NAME/model)")
+    p.add_argument("name", help="the shipped model's name: codec/pretrained/NAME")
+    args = p.parse_args(argv)
+    try:
+        target = ship(args.source, args.name)
+    except (ConfigError, OSError) as exc:
+        print(f"ship_model: error: {exc}", file=sys.stderr)
+        return 2
+    size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
+    print(f"ship_model: {target} ({size:.1f} MiB); now run: codec priors --model {args.name} --data DIR",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
