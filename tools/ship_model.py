@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from codec import pretrained
 from codec.config import ConfigError
 from codec.model import Codec
-from codec import pretrained
 
 
 def ship(source: Path, name: str) -> Path:
