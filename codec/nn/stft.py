@@ -23,8 +23,17 @@ LOG_MAGNITUDE_MAX = 7.0
 _EPS = 1e-5
 
 
+_WINDOWS: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+
 def _window(hop: int, like: Tensor) -> Tensor:
-    return torch.hann_window(2 * hop, periodic=True, dtype=like.dtype, device=like.device)
+    """The periodic Hann window of 2 hop samples in ``like``'s dtype and device, made once
+    (a streamed frame would otherwise rebuild it twice per 20 ms)."""
+    key = (hop, like.dtype, like.device)
+    w = _WINDOWS.get(key)
+    if w is None:
+        w = _WINDOWS[key] = torch.hann_window(2 * hop, periodic=True, dtype=like.dtype, device=like.device)
+    return w
 
 
 class CausalSTFT(StreamingLayer):
