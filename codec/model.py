@@ -17,6 +17,7 @@ from torch.nn.utils import parametrize
 
 from codec.config import ConfigError, ModelConfig, load_recipe
 from codec.nn.convnext import ConvNeXtDecoder, ConvNeXtEncoder
+from codec.nn.frame_linear import set_int8
 from codec.nn.seanet import Decoder, Encoder
 from codec.nn.streaming import set_streaming
 from codec.quant.residual import ResidualQuantizer
@@ -78,6 +79,22 @@ class Codec(nn.Module):
         #: False (default): encode in float32, the fast path. True: encode in float64, so that
         #: streamed codes equal offline codes bit for bit whatever the chunking (slower).
         self.exact = False
+        self._int8 = False
+
+    @property
+    def int8(self) -> bool:
+        """False (default): float32 weights. True: the ConvNeXt encoder's and decoder's linear
+        layers run with int8 weights (one scale per output channel) and bfloat16 activations
+        (``codec.nn.frame_linear``), offline and streaming alike: a streamed frame reads 4x
+        fewer weight bytes. Codes then differ from the float32 encode's in some late-stage
+        frames; the exact (float64) encode path ignores it. Setting it rebuilds the cached weights."""
+        return self._int8
+
+    @int8.setter
+    def int8(self, on: bool) -> None:
+        set_int8(self.encoder, on)
+        set_int8(self.decoder, on)
+        self._int8 = bool(on)
 
     # ----- construction and persistence -------------------------------------------------
     @classmethod

@@ -216,3 +216,39 @@ def test_limit_spreads_over_speakers(tmp_path: Path) -> None:
     flat = sorted(tmp_path / f"{i}.flac" for i in range(4))
     assert spread(flat, tmp_path, 2) == flat[:2]
     assert spread(files, tmp_path, None) == files
+
+
+def test_int8_system_scores_the_int8_model(tmp_path, one_thread):
+    """``codec eval --int8`` adds MODEL+int8, whose files are what the model writes with
+    ``Codec.int8`` on (ConvNeXt layers; the int8 weights change its codes)."""
+    from codec.config import deep_merge, load_recipe
+    from codec.eval.evaluate import load_systems
+    from codec.nn.frame_linear import int8_available
+
+    if not int8_available():
+        pytest.skip("torch lacks _weight_int8pack_mm")
+    torch.manual_seed(0)
+    recipe = deep_merge(load_recipe(REPO / "recipes" / "tiny_convnext.yaml"), {"model": {"quantizer": {"kind": "ema"}}})
+    model = Codec.from_config(recipe)
+    model.train()
+    with torch.no_grad():
+        model(speech(2.0))
+    model.eval().save_pretrained(tmp_path / "tc")
+    systems = load_systems([str(tmp_path / "tc")], [1, 4], False, print, int8=True)
+    assert [(s.name, s.int8) for s in systems] == [("tc", False), ("tc+int8", True)]
+    path = tmp_path / "utt.flac"
+    sf.write(path, speech(1.5, 1)[0, 0].numpy(), 16000)
+    audio, _ = sf.read(path, dtype="float32")
+    files = {}
+    for system in systems:
+        work = tmp_path / f"work_{system.name}"
+        work.mkdir()
+        result = codec_task(Task(system, str(path), "utt"), work)
+        assert [(r["system"], r["stages"]) for r in result.rows] == [(system.name, 1), (system.name, 4)]
+        files[system.name] = (work / "stages_4.rvq").read_bytes()
+    loaded = Codec.from_pretrained(tmp_path / "tc")
+    loaded.int8 = True
+    expected = io.BytesIO()
+    encode_stream(loaded, [audio], expected, make_header(loaded, 4))
+    assert files["tc+int8"] == expected.getvalue()
+    assert files["tc+int8"] != files["tc"]

@@ -375,6 +375,27 @@ def test_p3_eval_forward_equals_decode_encode(kind: str, codebook_dim: int | Non
     assert all(torch.equal(v, rq.state_dict()[k]) for k, v in state.items())
 
 
+@pytest.mark.parametrize("frames", [1, 2, 4])
+def test_decode_of_a_streamed_frame_gathers_the_same_sum(frames: int) -> None:
+    """Up to 4 rows decode with one gather from stacked tables: the same sum of per-stage
+    lookups (stages of different sizes and a projected one included), and a codebook
+    change reaches it."""
+    stages = [{"kind": "ema", "codebook_size": 16}, {"kind": "ste", "codebook_size": K},
+              {"kind": "ste", "codebook_size": 32, "codebook_dim": 8}]
+    rq = make_rvq(stages=stages, n_stages=3)
+    warm_up(rq, steps=2)
+    rq.eval()
+    codes = rq.encode(torch.randn(1, D, frames))
+    for n in (1, 3):
+        expected = sum(rq.stages[i].decode(codes[0, i]) for i in range(n))  # [frames, D]
+        got = rq.decode(codes[:, :n])[0].t()
+        assert (got - expected).abs().max().item() < 1e-6
+    with torch.no_grad():
+        rq.stages[1].quantizer.codebook().mul_(3.0)
+    expected = sum(rq.stages[i].decode(codes[0, i]) for i in range(3))
+    assert (rq.decode(codes)[0].t() - expected).abs().max().item() < 1e-6
+
+
 # --- DiVeQ stages in the stack --------------------------------------------------------------
 
 DIVEQ_STACKS = {

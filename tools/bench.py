@@ -10,9 +10,11 @@ factor) = seconds of compute per second of audio; "x EnCodec" = our time / EnCod
 
 What it measures (each with 1 thread and with all threads, ``--threads``):
 - offline encode / decode of a ``--seconds`` clip (default 10 s);
-- streaming encode / decode in 20 ms and 320 ms chunks (``--chunks``);
+- streaming encode / decode in 20 ms and 320 ms chunks (``--chunks``), with float32 weights
+  and, for models with linear layers (ConvNeXt), with int8 weights (``Codec.int8``);
 - per-chunk cost over a ``--stream-seconds`` stream (default 60 s, 20 ms chunks, encode +
-  decode of each chunk): the mean of the last 10 s over the mean of the first 10 s;
+  decode of each chunk): the mean and the median of the last 10 s over those of the first
+  10 s, float32 and int8;
 - peak memory (RSS growth of a fresh process running one offline encode + decode);
 - bitstream pack / unpack (fixed-width) and range coding / decoding (constriction) of the
   clip's codes, also as a share of the encode time;
@@ -53,6 +55,7 @@ if str(REPO) not in sys.path:
 
 from codec import Codec
 from codec.nn.conv import CausalConv1d
+from codec.nn.frame_linear import int8_available
 
 ALL = "all"
 
@@ -209,8 +212,12 @@ def flatness(model: Codec, seconds: float, chunk: int, window: float = 10.0) -> 
             times.append(time.perf_counter() - t0)
     n = max(1, int(min(window, seconds / 2) * sr / chunk))
     first, last = statistics.mean(times[:n]), statistics.mean(times[-n:])
+    # The median per window as well: on a shared machine a few slow chunks (another tenant,
+    # a page fault) move the mean by more than the code's own per-chunk cost changes.
+    first_med, last_med = statistics.median(times[:n]), statistics.median(times[-n:])
     return {"first_ms": 1e3 * first, "last_ms": 1e3 * last, "ratio": last / first,
-            "rtf": sum(times) / seconds, "chunks": len(times)}
+            "first_median_ms": 1e3 * first_med, "last_median_ms": 1e3 * last_med,
+            "median_ratio": last_med / first_med, "rtf": sum(times) / seconds, "chunks": len(times)}
 
 
 def peak_memory(recipe: str, seconds: float) -> dict[str, float]:
@@ -369,6 +376,9 @@ def _run(args: argparse.Namespace) -> dict:
     if enc is not None:
         res["macs"]["encodec"] = encodec_macs(enc)
 
+    # int8 weights (Codec.int8) only change the ConvNeXt layers' linear products.
+    int8 = int8_available() and not args.no_int8 and any(isinstance(m, nn.Linear) for m in model.encoder.modules())
+    res["int8"] = int8
     res["threads"] = {}
     for spec in args.threads.split(","):
         n = set_threads(spec)
@@ -389,6 +399,16 @@ def _run(args: argparse.Namespace) -> dict:
                 assert agree > 0.95, f"streamed codes agree with offline codes on only {agree:.1%}"
                 r[f"stream_encode_{ms}ms"] = timeit(lambda n=chunk: stream_encode(model, wav, n), rep, warm) / sec
                 r[f"stream_decode_{ms}ms"] = timeit(lambda c=codes, f=frames: stream_decode(model, c, f), rep, warm) / sec
+            if int8:
+                model.int8 = True
+                codes8 = model.encode(wav)
+                for chunk in args.chunks:
+                    frames = max(1, chunk // model.hop_length)
+                    ms = round(1000 * chunk / sr)
+                    r[f"stream_encode_{ms}ms_int8"] = timeit(lambda n=chunk: stream_encode(model, wav, n), rep, warm) / sec
+                    r[f"stream_decode_{ms}ms_int8"] = timeit(
+                        lambda c=codes8, f=frames: stream_decode(model, c, f), rep, warm) / sec
+                model.int8 = False
             if enc is not None:
                 frames_e = enc.encode(ewav)
                 r["encodec_encode"] = timeit(lambda: enc.encode(ewav), rep, warm) / sec
@@ -413,6 +433,10 @@ def _run(args: argparse.Namespace) -> dict:
 
     if args.stream_seconds > 0:
         res["flatness"] = flatness(model, args.stream_seconds, args.flat_chunk)
+        if int8:
+            model.int8 = True
+            res["flatness_int8"] = flatness(model, args.stream_seconds, args.flat_chunk)
+            model.int8 = False
     if not args.no_memory:
         res["memory"] = peak_memory(args.recipe, sec)
     if not args.no_train:
@@ -441,6 +465,8 @@ def markdown(res: dict) -> str:
              "encodec_decode": "EnCodec 24 kHz 6 kbps decode"}
     for k in keys:
         label = names.get(k, k.replace("_", " "))
+        if label.endswith(" int8"):
+            label = label[: -len(" int8")] + ", int8 weights"
         lines.append(f"| {label} | " + " | ".join(fmt(res["threads"][s].get(k)) for s in specs) + " |")
     m = res["macs"]
     lines += ["", "Multiply-adds per second of audio (millions):", "",
@@ -448,10 +474,13 @@ def markdown(res: dict) -> str:
     for name, d in m.items():
         lines.append(f"| {name} | {d['encoder'] / 1e6:.0f} | {d['search'] / 1e6:.0f} | {d['decoder'] / 1e6:.0f} | "
                      f"{sum(d.values()) / 1e6:.0f} |")
-    if "flatness" in res:
-        f = res["flatness"]
-        lines += ["", (f"Streaming {f['chunks']} chunks (encode + decode each): first 10 s {f['first_ms']:.3f} ms/chunk, "
-                  f"last 10 s {f['last_ms']:.3f} ms/chunk (ratio {f['ratio']:.3f}), RTF {f['rtf']:.3f}.")]
+    for key, what in (("flatness", "float32"), ("flatness_int8", "int8 weights")):
+        if key in res:
+            f = res[key]
+            lines += ["", (f"Streaming {f['chunks']} chunks, {what} (encode + decode each): first 10 s "
+                      f"{f['first_ms']:.3f} ms/chunk, last 10 s {f['last_ms']:.3f} ms/chunk (mean ratio {f['ratio']:.3f}; "
+                      f"medians {f['first_median_ms']:.3f} / {f['last_median_ms']:.3f} ms, ratio {f['median_ratio']:.3f}), "
+                      f"RTF {f['rtf']:.3f}.")]
     b = res["bitstream"]
     lines += ["", (f"Bitstream (1 thread, per second of audio): pack {1e3 * b['per_audio_second']['pack']:.3f} ms, "
               f"unpack {1e3 * b['per_audio_second']['unpack']:.3f} ms ({100 * b['fixed_share_of_encode']:.2f}% of "
@@ -490,6 +519,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-encodec", action="store_true")
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8-weight (Codec.int8) streaming rows")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--_memprobe", nargs=2, help=argparse.SUPPRESS)

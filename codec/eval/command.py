@@ -43,6 +43,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--entropy", action="store_true",
                    help="also write range-coded files (needs the model's priors.json, see `codec priors`) "
                         "and report them as system MODEL+entropy")
+    p.add_argument("--int8", action="store_true",
+                   help="also evaluate each model with int8 weights (Codec.int8, the fast streaming precision) "
+                        "as system MODEL+int8")
     p.add_argument("--limit", type=int, metavar="N", help="use only N files, taken in turn from each top-level folder (speaker) so all are covered")
     p.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: all cores)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (created if needed)")
@@ -56,6 +59,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     try:
         run_evaluation(args.models, args.out, data=args.data, stages=args.stages, opus=args.opus,
-                       entropy=args.entropy, limit=args.limit, jobs=args.jobs, warn=_warn, note=_note)
+                       entropy=args.entropy, limit=args.limit, jobs=args.jobs, warn=_warn, note=_note,
+                       int8=args.int8)
     except (EvalError, OpusError) as e:
         raise CLIError(str(e)) from None

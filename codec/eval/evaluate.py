@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from codec.eval.sweep import System
+from codec.eval.sweep import INT8_SUFFIX, System
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STAGES = "1,2,4,8,12"
@@ -58,8 +58,9 @@ def system_names(model_dirs: Sequence[str]) -> list[str]:
 
 
 def load_systems(model_dirs: Sequence[str], stages: Sequence[int], entropy: bool,
-                 warn: Callable[[str], None]) -> list[System]:
-    """Check every model (and its priors with ``entropy``) and the stage counts it can run."""
+                 warn: Callable[[str], None], int8: bool = False) -> list[System]:
+    """Check every model (and its priors with ``entropy``) and the stage counts it can run;
+    with ``int8`` each model is also evaluated with int8 weights as system NAME+int8."""
     from codec.bitstream.errors import BitstreamError
     from codec.bitstream.priors import Priors
     from codec.model import Codec
@@ -87,6 +88,12 @@ def load_systems(model_dirs: Sequence[str], stages: Sequence[int], entropy: bool
             skipped = ",".join(str(n) for n in stages if n > model.num_stages)
             warn(f"{name} has {model.num_stages} stages; skipping --stages {skipped} for it")
         systems.append(System(name, "codec", fits, str(Path(model_dir).resolve()), entropy))
+        if int8:
+            from codec.nn.frame_linear import int8_available
+
+            if not int8_available():
+                raise EvalError("--int8: this PyTorch lacks the int8 weight-only kernel (torch._weight_int8pack_mm)")
+            systems.append(System(name + INT8_SUFFIX, "codec", fits, str(Path(model_dir).resolve()), False, True))
     return systems
 
 
@@ -128,6 +135,7 @@ def find_data(data: str | Path, limit: int | None) -> list[tuple[str, str]]:
 def run_evaluation(models: Sequence[str], out: str | Path, data: str | Path | None = None,
                    stages: str = DEFAULT_STAGES, opus: str = DEFAULT_OPUS, entropy: bool = False,
                    limit: int | None = None, jobs: int | None = None, progress: bool | None = None,
+                   int8: bool = False,
                    warn: Callable[[str], None] = print, note: Callable[[str], None] = print,
                    ) -> dict[str, Path]:
     """Evaluate ``models`` (directories from save_pretrained) and Opus; returns the output paths."""
@@ -141,7 +149,7 @@ def run_evaluation(models: Sequence[str], out: str | Path, data: str | Path | No
         raise EvalError(f"--jobs {jobs}: must be at least 1")
     data = default_data() if data is None else Path(data)
     files = find_data(data, limit)
-    systems = load_systems(models, stage_list, entropy, warn)
+    systems = load_systems(models, stage_list, entropy, warn, int8)
     notes = []
     if opus_rates:
         from codec.eval.opus import missing_tools

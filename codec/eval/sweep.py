@@ -33,6 +33,7 @@ COLUMNS = (
     "file_bytes", "payload_bytes", "pesq", "stoi", "mel_distance", "si_sdr",
 )
 ENTROPY_SUFFIX = "+entropy"
+INT8_SUFFIX = "+int8"
 WORKER_PRELOAD = ["codec.eval.sweep", "codec.model", "codec.bitstream.coding", "codec.audio_io",
                   "codec.eval.opus", "librosa.filters", "pesq", "pystoi", "soxr"]
 
@@ -47,6 +48,7 @@ class System:
     settings: tuple[float, ...]
     model_dir: str | None = None
     entropy: bool = False
+    int8: bool = False  # run the model with int8 weights (``Codec.int8``)
 
 
 @dataclass(frozen=True)
@@ -73,15 +75,17 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _model(model_dir: str, entropy: bool):
-    """(model, priors or None), loaded once per process."""
-    if model_dir not in _MODELS:
+def _model(model_dir: str, entropy: bool, int8: bool = False):
+    """(model, priors or None), loaded once per process and precision."""
+    key = f"{model_dir}{INT8_SUFFIX if int8 else ''}"
+    if key not in _MODELS:
         from codec.bitstream.priors import Priors
         from codec.model import Codec
 
         model = Codec.from_pretrained(model_dir).eval()
-        _MODELS[model_dir] = (model, Priors.load(model_dir) if entropy else None)
-    return _MODELS[model_dir]
+        model.int8 = int8
+        _MODELS[key] = (model, Priors.load(model_dir) if entropy else None)
+    return _MODELS[key]
 
 
 def _row(system: str, stages: int | str, utterance: str, duration: float, nominal_bps: float,
@@ -101,7 +105,7 @@ def codec_task(task: Task, workdir: Path) -> TaskResult:
     from codec.bitstream.container import decode_codes, parse, write_file
 
     system = task.system
-    model, priors = _model(system.model_dir, system.entropy)
+    model, priors = _model(system.model_dir, system.entropy, system.int8)
     audio = read_audio(task.path, model.sample_rate)
     reference = audio if model.sample_rate == METRIC_RATE else read_audio(task.path, METRIC_RATE)
     full = workdir / f"stages_{model.num_stages}.rvq"

@@ -18,15 +18,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from codec.nn.conv import CausalConv1d
+from codec.nn.frame_linear import linear
 from codec.nn.stft import CausalISTFT, CausalSTFT
 
 #: Initial value of every block's per-channel residual scale: blocks start close to identity.
 LAYER_SCALE_INIT = 0.1
-
-
-def linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    """``layer`` applied to x [..., in] in x's dtype -> [..., out]."""
-    return F.linear(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
 
 
 def layer_norm(layer: nn.LayerNorm, x: Tensor) -> Tensor:

@@ -40,6 +40,10 @@ class RVQOutput:
     n_q: Tensor
 
 
+#: Decodes of at most this many frames (a streamed chunk) gather from stacked tables.
+_GATHER_ROWS = 4
+
+
 class ResidualStage(nn.Module):
     """One stage: optional projection latent_dim -> codebook_dim -> latent_dim, a quantizer of
     the configured kind, and a window of code usage for statistics."""
@@ -156,10 +160,29 @@ class ResidualQuantizer(nn.Module):
         b, n, f = codes.shape
         self.check_n_q(n)
         rows = codes.transpose(1, 2).reshape(b * f, n)
+        if b * f <= _GATHER_ROWS:
+            # A streamed frame: one gather from the stacked tables instead of n lookups and adds.
+            tables = self._stacked_tables()
+            total = tables[self._stage_index[:, :n], rows].sum(dim=1)  # [b f, n, D] -> [b f, D]
+            return self._unrows(total, b, f)
         total = torch.zeros(b * f, self.latent_dim, device=codes.device)
         for i, stage in enumerate(self.stages[:n]):
             total = total + stage.decode(rows[:, i])
         return self._unrows(total, b, f)
+
+    def _stacked_tables(self) -> Tensor:
+        """Every stage's latent-space table stacked to [N, K_max, D] float32 (rows past a
+        stage's K are zero and never indexed), rebuilt when any stage's table changes."""
+        tables = [stage._tables()[1] for stage in self.stages]
+        cached = self.__dict__.get("_stack_cache")
+        if cached is not None and all(a is t for a, t in zip(cached[0], tables)):
+            return cached[1]
+        stacked = torch.zeros(len(tables), max(t.shape[0] for t in tables), self.latent_dim, device=tables[0].device)
+        for i, t in enumerate(tables):
+            stacked[i, : t.shape[0]] = t
+        self.__dict__["_stack_cache"] = (tables, stacked)
+        self.__dict__["_stage_index"] = torch.arange(len(tables), device=stacked.device)[None, :]
+        return stacked
 
     def forward(self, z: Tensor, n_q: int | None = None, frame_mask: Tensor | None = None) -> RVQOutput:
         """Quantize latents float [B, D, F].
