@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Export one training checkpoint as a model directory (config.json + model.safetensors).
+
+    python tools/export_checkpoint.py exp/speech16k 12000 exp/speech16k_12000
+
+RUN is a `codec train --out-dir` folder (its recipe.yaml and checkpoints/step_<STEP>/);
+the model is written with its training state, as `codec train` exports its last step, so
+`codec eval`, `tools/refit_codebooks.py` and `tools/ship_model.py` take it. Bad input ends
+with one ``export_checkpoint: error:`` line and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from safetensors.torch import load_file
+
+from codec.model import Codec
+from codec.train.config import ConfigError, load_training_recipe
+
+
+def export(run: Path, step: int, out: Path) -> Path:
+    """Write the model of ``run``'s checkpoint ``step`` to ``out``; returns ``out``."""
+    weights = run / "checkpoints" / f"step_{step:08d}" / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"{weights}: no such checkpoint")
+    if out.exists():
+        raise ConfigError(f"{out}: exists already; choose a new directory")
+    _, model_cfg, _ = load_training_recipe(run / "recipe.yaml")
+    codec = Codec(model_cfg)
+    # The checkpoint holds the TrainStep wrapper's state: keys start with "codec.".
+    state = {k.removeprefix("codec."): v for k, v in load_file(str(weights)).items()}
+    codec.load_state_dict(state, strict=True)
+    codec.save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a codec train output folder")
+    p.add_argument("step", type=int, help="the checkpoint's step")
+    p.add_argument("out", type=Path, help="new model directory")
+    args = p.parse_args(argv)
+    try:
+        export(args.run, args.step, args.out)
+    except (ConfigError, OSError, RuntimeError) as exc:
+        print(f"export_checkpoint: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"export_checkpoint: wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
