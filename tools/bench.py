@@ -390,25 +390,20 @@ def _run(args: argparse.Namespace) -> dict:
             model.exact = True
             r["encode_exact"] = timeit(lambda: model.encode(wav), rep, warm) / sec
             model.exact = False
-            for chunk in args.chunks:
-                frames = max(1, chunk // model.hop_length)
-                ms = round(1000 * chunk / sr)
-                streamed = stream_encode(model, wav, chunk)
-                # fp32 (the default): a near-tie may flip a code between chunked and whole.
-                agree = (streamed == codes).float().mean().item()
-                assert agree > 0.95, f"streamed codes agree with offline codes on only {agree:.1%}"
-                r[f"stream_encode_{ms}ms"] = timeit(lambda n=chunk: stream_encode(model, wav, n), rep, warm) / sec
-                r[f"stream_decode_{ms}ms"] = timeit(lambda c=codes, f=frames: stream_decode(model, c, f), rep, warm) / sec
-            if int8:
-                model.int8 = True
-                codes8 = model.encode(wav)
+            for precision in ("", "_int8") if int8 else ("",):
+                model.int8 = precision == "_int8"
+                ref = codes if not model.int8 else model.encode(wav)
                 for chunk in args.chunks:
                     frames = max(1, chunk // model.hop_length)
                     ms = round(1000 * chunk / sr)
-                    r[f"stream_encode_{ms}ms_int8"] = timeit(lambda n=chunk: stream_encode(model, wav, n), rep, warm) / sec
-                    r[f"stream_decode_{ms}ms_int8"] = timeit(
-                        lambda c=codes8, f=frames: stream_decode(model, c, f), rep, warm) / sec
-                model.int8 = False
+                    # A near-tie may flip a code between chunked and whole (fp32 and int8 alike).
+                    agree = (stream_encode(model, wav, chunk) == ref).float().mean().item()
+                    assert agree > 0.95, f"streamed codes agree with offline codes on only {agree:.1%}"
+                    r[f"stream_encode_{ms}ms{precision}"] = timeit(
+                        lambda n=chunk: stream_encode(model, wav, n), rep, warm) / sec
+                    r[f"stream_decode_{ms}ms{precision}"] = timeit(
+                        lambda c=ref, f=frames: stream_decode(model, c, f), rep, warm) / sec
+            model.int8 = False
             if enc is not None:
                 frames_e = enc.encode(ewav)
                 r["encodec_encode"] = timeit(lambda: enc.encode(ewav), rep, warm) / sec

@@ -15,6 +15,7 @@ Fit on training data, never on the data you evaluate on. Bad input ends with one
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -110,11 +111,14 @@ def main(argv: list[str] | None = None) -> int:
             raise RefitError(str(e)) from None
         args.out.parent.mkdir(parents=True, exist_ok=True)
         # Written beside the target and renamed, so a failure never leaves half a model there.
-        with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
-            model.save_pretrained(tmp, training_state=_had_training_state(path))
+        tmp = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=f".{args.out.name}-"))
+        try:
+            model.save_pretrained(tmp, training_state=_has_training_state(model, path))
             Codec.from_pretrained(tmp)
-            Path(tmp).rename(args.out)
-            Path(tmp).mkdir()  # TemporaryDirectory removes its path on exit
+            tmp.rename(args.out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     except RefitError as e:
         print(f"refit_codebooks: error: {e}", file=sys.stderr)
         return 2
@@ -127,15 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _had_training_state(model_dir: Path) -> bool:
-    """Whether the input's weights file holds training-only buffers (a lean shipped model does not)."""
+def _has_training_state(model: Codec, model_dir: Path) -> bool:
+    """Whether the input's weights file holds the training-only buffers (a lean shipped model
+    does not), so the output keeps what the input had."""
     from safetensors import safe_open
 
     from codec.model import WEIGHTS_NAME
 
     with safe_open(str(Path(model_dir) / WEIGHTS_NAME), "pt") as f:
         keys = set(f.keys())
-    return any(k.endswith((".cluster_size", ".embed_sum")) for k in keys)
+    return any(k in keys for k in model.training_state_keys())
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ class TaskResult:
 
 
 # ----- inside a worker ------------------------------------------------------------------------
-_MODELS: dict[str, tuple[object, object]] = {}
+_MODELS: dict[tuple[str, bool], tuple[object, object]] = {}
 
 
 def _init_worker() -> None:
@@ -77,7 +77,7 @@ def _init_worker() -> None:
 
 def _model(model_dir: str, entropy: bool, int8: bool = False):
     """(model, priors or None), loaded once per process and precision."""
-    key = f"{model_dir}{INT8_SUFFIX if int8 else ''}"
+    key = (model_dir, int8)
     if key not in _MODELS:
         from codec.bitstream.priors import Priors
         from codec.model import Codec

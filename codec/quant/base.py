@@ -105,6 +105,26 @@ class Quantizer(nn.Module):
         """Like ``decode`` but keeps the autograd graph to the codebook: int64 [N] -> [N, dim]."""
         return self.codebook()[codes]
 
+    def stored_codebook(self) -> Tensor | None:
+        """The codebook tensor when ``codebook()`` is a stored Parameter or buffer searched in
+        Euclidean distance (so it can be overwritten in place), else None (SimVQ and SF-DiVeQ
+        compute their codewords; a cosine search has other cluster means)."""
+        if self.cosine_search:
+            return None
+        book = self.codebook()
+        stored = [*self.parameters(recurse=False), *self.buffers(recurse=False)]
+        return book if any(book is t for t in stored) else None
+
+    @torch.no_grad()
+    def set_codebook(self, book: Tensor, counts: Tensor) -> None:
+        """Overwrite the stored codewords with ``book`` float [K, dim]; ``counts`` [K] are the
+        rows each codeword was fitted on (kinds with running statistics restart them from
+        it). ValueError when the codebook is not stored (``stored_codebook`` is None)."""
+        target = self.stored_codebook()
+        if target is None:
+            raise ValueError(f"{type(self).__name__}: the codebook is computed, not stored")
+        target.copy_(book)
+
     def eval_output(self, x: Tensor) -> QuantizerOutput:
         """The inference contract: index and exact lookup, no noise, no state change."""
         with torch.no_grad():

@@ -76,6 +76,14 @@ class EMAQuantizer(Quantizer):
         """The current codewords e: float [K, d] (a buffer, no gradient)."""
         return self.embed
 
+    @torch.no_grad()
+    def set_codebook(self, book: Tensor, counts: Tensor) -> None:
+        """As the base class, and the EMA statistics restart from the fitted clusters
+        (N = counts, m = e * N, as after the k-means init), so training can go on from here."""
+        super().set_codebook(book, counts)
+        self.cluster_size.copy_(counts.float())
+        self.embed_sum.copy_(self.embed * self.cluster_size[:, None])
+
     def dead_count(self) -> int:
         """Number of codes whose running cluster size is below the dead threshold."""
         return int((self.cluster_size < self.dead_threshold).sum())
