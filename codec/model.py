@@ -80,14 +80,23 @@ class Codec(nn.Module):
         #: streamed codes equal offline codes bit for bit whatever the chunking (slower).
         self.exact = False
         self._int8 = False
+        #: True (default): a stream of batch 1 runs each chunk through the native frame engine
+        #: (``codec.nn.native``: one C call per chunk instead of hundreds of PyTorch operators,
+        #: same results up to float summation order) when the architecture allows it and a C
+        #: compiler built it; False: always the PyTorch layers. Read when a stream starts.
+        self.native = True
+        self._engines: dict[str, object] = {}
 
     @property
     def int8(self) -> bool:
         """False (default): float32 weights. True: the ConvNeXt encoder's and decoder's linear
         layers run with int8 weights (one scale per output channel) and bfloat16 activations
-        (``codec.nn.frame_linear``), offline and streaming alike: a streamed frame reads 4x
-        fewer weight bytes. Codes then differ from the float32 encode's in some late-stage
-        frames; the exact (float64) encode path ignores it. Setting it rebuilds the cached weights."""
+        (``codec.nn.frame_linear``), offline and streaming alike (the native frame engine
+        rounds as that path does): a streamed frame reads 4x fewer weight bytes. Codes then
+        differ from the float32 encode's in some late-stage frames, and a native stream's from
+        the offline int8 encode's in ~5% of codes (bf16 rounding amplifies summation-order
+        differences; same PESQ); the exact (float64) encode path ignores it. Setting it
+        rebuilds the cached weights; set it before a stream starts."""
         return self._int8
 
     @int8.setter
@@ -240,6 +249,9 @@ class Codec(nn.Module):
             raise ValueError(f"expected audio of shape [B, 1, L], got {tuple(wav.shape)}")
         self._stream_samples += wav.shape[-1]
         self._stream_batch = wav.shape[0]
+        engine = self._stream_engine("encoder", wav.shape[0])
+        if engine is not None:
+            return engine.encode(wav, self.quantizer.check_n_q(n_q))
         z = self.encoder(wav.to(dtype))
         if z.shape[-1] == 0:
             return self._no_frames(wav.shape[0], n_q, wav.device)
@@ -271,8 +283,42 @@ class Codec(nn.Module):
             raise ValueError(f"expected codes of shape [B, n, F], got {tuple(codes.shape)}")
         if codes.shape[-1] == 0:
             return torch.zeros(codes.shape[0], 1, 0, device=codes.device)
+        if self._stream_samples is not None:
+            engine = self._stream_engine("decoder", codes.shape[0])
+            if engine is not None:
+                self.quantizer.check_n_q(codes.shape[1])
+                return engine.decode(codes)
         with parametrize.cached():
             return self.decoder(self.quantizer.decode(codes))
+
+    def _stream_engine(self, part: str, batch: int):
+        """The native engine of this stream's ``part`` ("encoder" / "decoder"), made at its
+        first chunk, or None when the PyTorch layers serve it: batch > 1, ``native`` off, the
+        exact (fp64) encode, a CUDA model, an architecture the engine lacks, no compiler."""
+        if part in self._engines:
+            engine = self._engines[part]
+            if engine is not None and batch != 1:
+                raise ValueError(f"a stream's batch size cannot change (it started with 1, got {batch})")
+            return engine
+        engine = None
+        if (self.native and batch == 1 and not (part == "encoder" and self.exact)
+                and next(self.parameters()).device.type == "cpu"):
+            from codec.nn import native
+            from codec.nn.native.engine import FrameEngine, unsupported
+
+            lib = native.load() if unsupported(self, part) is None else None
+            if lib is not None:
+                # The packed weights are kept between streams while the weights are unchanged.
+                key = FrameEngine.weights_key(self, part)
+                cached = self.__dict__.setdefault("_engine_cache", {}).get(part)
+                if key is not None and cached is not None and cached[0] == key:
+                    engine = cached[1]
+                    engine.reset()
+                else:
+                    engine = FrameEngine(lib, self, part)
+                    self.__dict__["_engine_cache"][part] = (key, engine)
+        self._engines[part] = engine
+        return engine
 
     @contextlib.contextmanager
     def streaming(self) -> Iterator[Codec]:
@@ -282,6 +328,7 @@ class Codec(nn.Module):
         set_streaming(self.encoder, True)
         set_streaming(self.decoder, True)
         self._stream_samples = 0
+        self._engines = {}
         try:
             # Weight-norm weights are computed once for the whole stream, not once per chunk.
             with parametrize.cached():
@@ -290,6 +337,7 @@ class Codec(nn.Module):
             set_streaming(self.encoder, False)
             set_streaming(self.decoder, False)
             self._stream_samples = None
+            self._engines = {}
 
     # ----- training ---------------------------------------------------------------------
     def forward(self, wav: Tensor, n_q: int | None = None) -> CodecOutput:

@@ -11,7 +11,9 @@ factor) = seconds of compute per second of audio; "x EnCodec" = our time / EnCod
 What it measures (each with 1 thread and with all threads, ``--threads``):
 - offline encode / decode of a ``--seconds`` clip (default 10 s);
 - streaming encode / decode in 20 ms and 320 ms chunks (``--chunks``), with float32 weights
-  and, for models with linear layers (ConvNeXt), with int8 weights (``Codec.int8``);
+  and, for models with linear layers (ConvNeXt), with int8 weights (``Codec.int8``); batch-1
+  streams run in the native frame engine (``codec.nn.native``), and the "PyTorch layers" rows
+  repeat the float32 ones with it switched off (``Codec.native = False``);
 - per-chunk cost over a ``--stream-seconds`` stream (default 60 s, 20 ms chunks, encode +
   decode of each chunk): the mean and the median of the last 10 s over those of the first
   10 s, float32 and int8;
@@ -54,8 +56,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from codec import Codec
+from codec.nn import native
 from codec.nn.conv import CausalConv1d
 from codec.nn.frame_linear import int8_available
+from codec.nn.native.engine import unsupported
 
 ALL = "all"
 
@@ -379,6 +383,7 @@ def _run(args: argparse.Namespace) -> dict:
     # int8 weights (Codec.int8) only change the ConvNeXt layers' linear products.
     int8 = int8_available() and not args.no_int8 and any(isinstance(m, nn.Linear) for m in model.encoder.modules())
     res["int8"] = int8
+    res["native"] = native.load() is not None and unsupported(model, "encoder") is None
     res["threads"] = {}
     for spec in args.threads.split(","):
         n = set_threads(spec)
@@ -390,20 +395,28 @@ def _run(args: argparse.Namespace) -> dict:
             model.exact = True
             r["encode_exact"] = timeit(lambda: model.encode(wav), rep, warm) / sec
             model.exact = False
-            for precision in ("", "_int8") if int8 else ("",):
+            # Streams of batch 1 run in the native frame engine when it is available; the
+            # "_pytorch" rows switch it off (model.native = False) to show what it replaces.
+            modes = ["", "_int8"] if int8 else [""]
+            if res["native"]:
+                modes.append("_pytorch")
+            for precision in modes:
                 model.int8 = precision == "_int8"
+                model.native = precision != "_pytorch"
                 ref = codes if not model.int8 else model.encode(wav)
                 for chunk in args.chunks:
                     frames = max(1, chunk // model.hop_length)
                     ms = round(1000 * chunk / sr)
-                    # A near-tie may flip a code between chunked and whole (fp32 and int8 alike).
+                    # A near-tie may flip a code between chunked and whole (fp32 and int8 alike);
+                    # int8's bf16 rounding makes that more frequent (tests/test_frame_engine.py).
                     agree = (stream_encode(model, wav, chunk) == ref).float().mean().item()
-                    assert agree > 0.95, f"streamed codes agree with offline codes on only {agree:.1%}"
+                    floor = 0.9 if model.int8 else 0.95
+                    assert agree > floor, f"streamed codes agree with offline codes on only {agree:.1%}"
                     r[f"stream_encode_{ms}ms{precision}"] = timeit(
                         lambda n=chunk: stream_encode(model, wav, n), rep, warm) / sec
                     r[f"stream_decode_{ms}ms{precision}"] = timeit(
                         lambda c=ref, f=frames: stream_decode(model, c, f), rep, warm) / sec
-            model.int8 = False
+            model.int8, model.native = False, True
             if enc is not None:
                 frames_e = enc.encode(ewav)
                 r["encodec_encode"] = timeit(lambda: enc.encode(ewav), rep, warm) / sec
@@ -449,6 +462,8 @@ def fmt(x: float | None, digits: int = 4) -> str:
 def markdown(res: dict) -> str:
     lines = [(f"Recipe `{res['recipe']}` (random weights), {res['seconds']:g} s clip, torch {res['torch']}, "
              f"{res['cpus']} CPUs; load average before / after: {res['load_before'][0]:.2f} / {res['load_after'][0]:.2f}."),
+             "", ("Streams of batch 1 ran in the native frame engine (`codec.nn.native`, single-threaded C)."
+                  if res.get("native") else "The native frame engine was not available: streams ran in PyTorch."),
              "", "Real-time factor (seconds of compute per second of audio; lower is faster):", ""]
     specs = list(res["threads"])
     lines.append("| | " + " | ".join(f"{res['threads'][s]['threads']} thread(s)" for s in specs) + " |")
@@ -462,6 +477,8 @@ def markdown(res: dict) -> str:
         label = names.get(k, k.replace("_", " "))
         if label.endswith(" int8"):
             label = label[: -len(" int8")] + ", int8 weights"
+        if label.endswith(" pytorch"):
+            label = label[: -len(" pytorch")] + ", PyTorch layers (engine off)"
         lines.append(f"| {label} | " + " | ".join(fmt(res["threads"][s].get(k)) for s in specs) + " |")
     m = res["macs"]
     lines += ["", "Multiply-adds per second of audio (millions):", "",

@@ -1,0 +1,259 @@
+"""The frame engine: a batch-1 stream of the ConvNeXt codec, every frame in one native call.
+
+``FrameEngine.for_encoder(model)`` / ``for_decoder(model)`` copy the weights once per stream
+into the layout ``frame_engine.c`` reads (fp32, or int8 + scale when ``model.int8``), allocate
+the stream state (STFT samples, each block's depthwise history, the decoder's latent history
+and overlap tail, all starting at zero like the PyTorch layers' buffers) and then take chunks
+of any length. A chunk costs one C call whatever its frame count; a 20 ms chunk is one frame.
+The results equal the PyTorch streaming path's up to float summation order: codes agree
+except where two codewords are within rounding of each other, audio to ~1e-6.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+from ctypes import POINTER, c_float, c_int32, c_void_p
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from codec.nn.frame_linear import quantize_int8
+
+#: Output columns per packed weight tile (``TILE`` in frame_engine.c).
+TILE = 64
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [("n_in", c_int32), ("n_out", c_int32), ("int8", c_int32), ("pad_", c_int32),
+                ("w", c_void_p), ("q", c_void_p), ("scale", c_void_p), ("bias", c_void_p)]
+
+
+class _Block(ctypes.Structure):
+    _fields_ = [("dw_w", c_void_p), ("dw_b", c_void_p), ("ln_w", c_void_p), ("ln_b", c_void_p),
+                ("fc1", _Linear), ("fc2", _Linear), ("gamma", c_void_p), ("hist", c_void_p),
+                ("pos", c_int32), ("pad_", c_int32)]
+
+
+class _Net(ctypes.Structure):
+    _fields_ = [("hop", c_int32), ("width", c_int32), ("latent", c_int32), ("n_blocks", c_int32),
+                ("kernel", c_int32), ("mlp", c_int32), ("n_stages", c_int32), ("pad_", c_int32),
+                ("ln_eps", c_float), ("pad2_", c_float),
+                ("inp", _Linear), ("blocks", POINTER(_Block)), ("ln_w", c_void_p), ("ln_b", c_void_p),
+                ("out", _Linear), ("window", c_void_p), ("twiddle", c_void_p), ("samples", c_void_p),
+                ("lat_hist", c_void_p), ("sizes", c_void_p), ("prefilter", POINTER(_Linear)),
+                ("e2", POINTER(c_void_p)), ("tables", POINTER(c_void_p)), ("scratch", c_void_p)]
+
+
+def pack_tiles(w: Tensor) -> Tensor:
+    """Weight [out, in] -> [ceil(out / TILE), in, TILE] with packed[t, i, j] = w[t TILE + j, i]
+    (zero past ``out``): the layout in which a matrix-vector product reads each tile's weights
+    as one contiguous block."""
+    out, n_in = w.shape
+    w = F.pad(w, (0, 0, 0, (-out) % TILE))
+    return w.reshape(-1, TILE, n_in).transpose(1, 2).contiguous()
+
+
+def unsupported(model: nn.Module, part: str) -> str | None:
+    """Why the engine cannot run ``part`` ("encoder" or "decoder") of ``model`` (a Codec), or
+    None when it can: the ConvNeXt architecture with plain depthwise kernels, LayerNorms with
+    one eps, and (encoder) quantizer stages searched in Euclidean distance without projections."""
+    from codec.nn.convnext import ConvNeXtDecoder, ConvNeXtEncoder
+
+    net = getattr(model, part)
+    if not isinstance(net, (ConvNeXtEncoder, ConvNeXtDecoder)):
+        return "not the ConvNeXt architecture"
+    hop = net.stft.hop if part == "encoder" else net.istft.hop
+    if max(_prime_factors(2 * hop)) > 31:
+        return f"the FFT of {2 * hop} points has a prime factor above 31"
+    norms = [b.norm for b in net.blocks] + [net.norm]
+    if len({n.eps for n in norms}) != 1 or any(n.weight is None for n in norms):
+        return "LayerNorms with different eps or without affine weights"
+    for b in net.blocks:
+        conv = b.dwconv.conv
+        if conv.dilation[0] != 1 or conv.stride[0] != 1 or b.fc1.out_features % b.fc1.in_features:
+            return "a dilated or strided depthwise conv, or an MLP width not a multiple of the width"
+    if part == "decoder":
+        conv = net.inp.conv
+        if conv.kernel_size[0] != 3 or conv.dilation[0] != 1 or conv.stride[0] != 1 or conv.groups != 1:
+            return "a decoder input conv other than kernel 3, stride 1"
+        return None
+    for stage in model.quantizer.stages:
+        if stage.projected or stage.quantizer.cosine_search:
+            return "a projected or cosine-searched quantizer stage"
+    return None
+
+
+def _prime_factors(n: int) -> list[int]:
+    out, p = [1], 2
+    while n > 1:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    return out
+
+
+class FrameEngine:
+    """A stream through the native frame engine; build it with ``for_encoder`` / ``for_decoder``."""
+
+    def __init__(self, lib: ctypes.CDLL, model: nn.Module, part: str) -> None:
+        self._lib = lib
+        self._keep: list = []  # every tensor and ctypes array the C side points into
+        self._int8 = bool(getattr(model, "int8", False))
+        net = getattr(model, part)
+        self.part = part
+        self.hop = net.stft.hop if part == "encoder" else net.istft.hop
+        self._state: list[Tensor] = []  # the stream's history buffers, zeroed by reset()
+        self._net = self._build(model, net)
+        self._pending = torch.zeros(0)
+
+    def reset(self) -> None:
+        """Start a new stream: every history buffer back to zero, no pending samples (the
+        prepared weights stay: a model streams many files without re-packing them)."""
+        for t in self._state:
+            t.zero_()
+        for i in range(self._net.n_blocks):
+            self._net.blocks[i].pos = 0
+        self._pending = torch.zeros(0)
+
+    @staticmethod
+    def weights_key(model: nn.Module, part: str) -> tuple | None:
+        """What the prepared weights depend on: the int8 switch and the storage and version
+        counter of every parameter and buffer of ``part`` and the quantizer (optimizer steps,
+        EMA updates, ``load_state_dict`` all change it); None for inference tensors, which
+        have no version counter (then nothing is reused)."""
+        tensors = [*getattr(model, part).parameters(), *getattr(model, part).buffers(),
+                   *model.quantizer.parameters(), *model.quantizer.buffers()]
+        try:
+            return (bool(getattr(model, "int8", False)),) + tuple((t.data_ptr(), t._version) for t in tensors)
+        except RuntimeError:
+            return None
+
+    @classmethod
+    def for_encoder(cls, lib: ctypes.CDLL, model: nn.Module) -> FrameEngine:
+        """An encoder stream of ``model`` (a Codec whose ``unsupported(model, "encoder")`` is None)."""
+        return cls(lib, model, "encoder")
+
+    @classmethod
+    def for_decoder(cls, lib: ctypes.CDLL, model: nn.Module) -> FrameEngine:
+        """A decoder stream of ``model`` (a Codec whose ``unsupported(model, "decoder")`` is None)."""
+        return cls(lib, model, "decoder")
+
+    # ----- weights ------------------------------------------------------------------------
+    def _ptr(self, t: Tensor) -> int:
+        t = t.detach().contiguous()
+        self._keep.append(t)
+        return t.data_ptr()
+
+    def _zeros(self, *shape: int) -> int:
+        """A stream state buffer (float32 zeros, cleared again by ``reset``)."""
+        t = torch.zeros(*shape)
+        self._state.append(t)
+        return self._ptr(t)
+
+    def _f32(self, t: Tensor) -> int:
+        return self._ptr(t.detach().to(torch.float32))
+
+    def _linear(self, weight: Tensor, bias: Tensor | None, int8: bool) -> _Linear:
+        out, n_in = weight.shape
+        lin = _Linear(n_in=n_in, n_out=out, int8=int(int8))
+        if int8:
+            q, scale = quantize_int8(weight)  # the same values as frame_linear's int8 path
+            lin.q = self._ptr(pack_tiles(q[:, :n_in]))
+            lin.scale = self._f32(scale.to(torch.bfloat16).float())
+            lin.bias = self._f32(bias if bias is not None else torch.zeros(out))
+        else:
+            lin.w = self._ptr(pack_tiles(weight.detach().float()))
+            lin.bias = self._f32(bias) if bias is not None else None
+        return lin
+
+    def _prefilter(self, book: Tensor) -> _Linear:
+        """The search's first step for codebook [K, d]: int8 codewords with one float32 scale
+        each (mode 2: float32 activations, unrounded output), approximate dot products within
+        ||r||_1 scale_k / 2 of the exact ones."""
+        k, d = book.shape
+        q, scale = quantize_int8(book)
+        return _Linear(n_in=d, n_out=k, int8=2, q=self._ptr(pack_tiles(q[:, :d])), scale=self._f32(scale))
+
+    def _nn_linear(self, layer: nn.Linear) -> _Linear:
+        return self._linear(layer.weight, layer.bias, self._int8)
+
+    def _build(self, model: nn.Module, net: nn.Module) -> _Net:
+        h, blocks = self.hop, list(net.blocks)
+        width = net.norm.normalized_shape[0]
+        kernel = blocks[0].dwconv.kernel_span if blocks else 2
+        mlp = blocks[0].fc1.out_features // width if blocks else 1
+        cb = []
+        for b in blocks:
+            w = b.dwconv.conv.weight.detach().float()[:, 0]  # [C, k]
+            cb.append(_Block(dw_w=self._ptr(w.t()), dw_b=self._f32(b.dwconv.conv.bias),
+                             ln_w=self._f32(b.norm.weight), ln_b=self._f32(b.norm.bias),
+                             fc1=self._nn_linear(b.fc1), fc2=self._nn_linear(b.fc2), gamma=self._f32(b.gamma),
+                             hist=self._zeros(b.dwconv.kernel_span - 1, width), pos=0))
+        block_array = (_Block * max(1, len(cb)))(*cb)
+        self._keep.append(block_array)
+        stages = model.quantizer.stages
+        tables = [s._tables() for s in stages]  # (search codebook [K, d], latent-space table [K, D])
+        kmax = max(t[0].shape[0] for t in tables)
+        latent = model.quantizer.latent_dim
+        n = 2 * h
+        k = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
+        twiddle = torch.stack([torch.cos(k), -torch.sin(k)], dim=1).float()
+        bins = h + 1
+        # Every buffer frame_engine.c carves out of the scratch, for a group of G frames (a superset).
+        g = self._lib.codec_group_frames()
+        scratch = g * (8 * bins + 5 * width + 2 * mlp * width + 7 * latent + kmax) + 3 * kmax + 4 * n + 4096
+        netc = _Net(hop=h, width=width, latent=latent, n_blocks=len(cb), kernel=kernel, mlp=mlp,
+                    n_stages=len(stages), ln_eps=float(net.norm.eps), blocks=block_array,
+                    ln_w=self._f32(net.norm.weight), ln_b=self._f32(net.norm.bias),
+                    window=self._f32(torch.hann_window(n, periodic=True)), twiddle=self._ptr(twiddle),
+                    samples=self._zeros(h), lat_hist=self._zeros(2, latent),
+                    sizes=self._ptr(torch.tensor([t[0].shape[0] for t in tables], dtype=torch.int32)),
+                    scratch=self._ptr(torch.zeros(scratch)))
+        table_ptrs = (c_void_p * len(tables))(*[self._f32(t[1]) for t in tables])
+        self._keep.append(table_ptrs)
+        netc.tables = ctypes.cast(table_ptrs, POINTER(c_void_p))
+        if self.part == "encoder":
+            netc.inp = self._nn_linear(net.inp)
+            netc.out = self._nn_linear(net.out)
+            pre = (_Linear * len(tables))(*[self._prefilter(book) for book, _ in tables])
+            e2 = (c_void_p * len(tables))(*[self._f32((book * book).sum(dim=1)) for book, _ in tables])
+            self._keep += [pre, e2]
+            netc.prefilter = ctypes.cast(pre, POINTER(_Linear))
+            netc.e2 = ctypes.cast(e2, POINTER(c_void_p))
+        else:
+            conv = net.inp.conv  # [width, latent, 3] -> [width, 3 latent] over [z_{t-2} z_{t-1} z_t]
+            w = conv.weight.detach().float().permute(0, 2, 1).reshape(conv.out_channels, -1)
+            netc.inp = self._linear(w, conv.bias, False)  # a conv, not an nn.Linear: fp32 in PyTorch too
+            netc.out = self._nn_linear(net.head)
+        return netc
+
+    # ----- streaming ----------------------------------------------------------------------
+    def encode(self, wav: Tensor, n_q: int) -> Tensor:
+        """The next chunk, float [1, 1, L] (any L) -> codes int64 [1, n_q, frames completed]."""
+        x = wav.detach().reshape(-1).to(torch.float32)
+        if self._pending.numel():
+            x = torch.cat([self._pending, x])
+        x = x.contiguous()
+        frames = x.numel() // self.hop
+        self._pending = x[frames * self.hop :].clone()
+        codes = torch.empty(n_q, frames, dtype=torch.long)
+        if frames:
+            rc = self._lib.codec_encode_frames(ctypes.byref(self._net), x.data_ptr(), frames, n_q, codes.data_ptr())
+            if rc != 0:
+                raise RuntimeError(f"native encoder refused the chunk (code {rc})")
+        return codes.unsqueeze(0)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """The next frames' codes, int64 [1, n, F] -> audio float [1, 1, F hop].
+        Raises IndexError (and keeps its state) when a code is outside its codebook."""
+        c = codes[0].to(torch.long).contiguous()
+        n, frames = c.shape
+        out = torch.empty(frames * self.hop)
+        rc = self._lib.codec_decode_frames(ctypes.byref(self._net), c.data_ptr(), n, frames, out.data_ptr())
+        if rc == -2:
+            raise IndexError("a code is outside its stage's codebook")
+        if rc != 0:
+            raise RuntimeError(f"native decoder refused the codes (code {rc})")
+        return out.view(1, 1, -1)

@@ -1,0 +1,463 @@
+/* One streamed frame of the frame-rate ConvNeXt codec in a single call (codec/nn/native/engine.py).
+ *
+ * A 20 ms chunk is one frame: in PyTorch it costs a few hundred small operator calls
+ * (5-30 us each on a shared CPU) around a dozen matrix-vector products. Here the whole frame
+ * (STFT, ConvNeXt blocks, residual code search / codebook sum, inverse STFT) is one C loop
+ * over weights the Python side prepared once per stream, with the same arithmetic as the
+ * PyTorch modules (float32; the int8 mode rounds activations and outputs to bfloat16 exactly
+ * as torch._weight_int8pack_mm does), so streamed results match the offline ones up to float
+ * summation order.
+ *
+ * Linear weights are packed in output tiles of TILE columns: packed[t][i][j] = W[t*TILE + j][i]
+ * (zero rows past n_out), so each tile reads one contiguous block and a frame streams every
+ * weight byte exactly once.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#define TILE 64
+
+typedef struct {
+    int32_t n_in, n_out;
+    int32_t int8;          /* 0: float32 weights `w`; 1: int8 weights `q` times `scale`, with
+                              activations and outputs rounded to bfloat16 like PyTorch's int8 path
+                              (frame_linear); 2: int8 `q`, float32 activations, output acc * scale
+                              unrounded (the search prefilter) */
+    int32_t pad_;
+    const float *w;        /* packed float32 [ceil(n_out / TILE)][n_in][TILE] */
+    const int8_t *q;       /* packed int8, same layout */
+    const float *scale;    /* [n_out]: the bfloat16 scale's value */
+    const float *bias;     /* [n_out] */
+} Linear;
+
+typedef struct {
+    const float *dw_w;     /* depthwise taps [kernel][width] (tap kernel-1 = current frame) */
+    const float *dw_b;     /* [width] */
+    const float *ln_w, *ln_b;
+    Linear fc1, fc2;
+    const float *gamma;    /* [width] */
+    float *hist;           /* state: the last kernel-1 inputs [kernel-1][width], ring */
+    int32_t pos, pad_;     /* ring slot of the oldest input */
+} Block;
+
+typedef struct {
+    int32_t hop, width, latent, n_blocks;
+    int32_t kernel, mlp, n_stages, pad_;
+    float ln_eps, pad2_;
+    Linear inp;                    /* encoder: features -> width; decoder: [z_{t-2} z_{t-1} z_t] -> width */
+    Block *blocks;
+    const float *ln_w, *ln_b;      /* the final LayerNorm */
+    Linear out;                    /* encoder: width -> latent; decoder: width -> 2 (hop + 1) */
+    const float *window;           /* periodic Hann [2 hop] */
+    const float *twiddle;          /* exp(-2 pi i k / (2 hop)), interleaved re/im [2 hop][2] */
+    float *samples;                /* state: encoder the previous hop samples, decoder the last frame's tail */
+    float *lat_hist;               /* decoder state: the previous two latents [2][latent] */
+    const int32_t *sizes;          /* [n_stages] codebook sizes */
+    const Linear *prefilter;       /* encoder: per stage, int8 codewords (one scale each, mode 2) */
+    const float *const *e2;        /* encoder: per stage squared codeword norms [K] */
+    const float *const *tables;    /* per stage latent-space codewords [K][latent] */
+    float *scratch;                /* work space (size chosen by the Python side) */
+} Net;
+
+/* ---- float32 -> bfloat16 -> float32, round to nearest even (c10::BFloat16's rounding) ---- */
+static inline float bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return f; /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* The bias / scale epilogue of one output tile: acc [n] -> y [n] (n <= TILE). */
+static inline void tile_out(const Linear *L, int o0, int n, const float *acc, float *y) {
+    if (L->int8 == 2) {
+        for (int j = 0; j < n; j++) y[o0 + j] = acc[j] * L->scale[o0 + j];
+    } else if (L->int8) {
+        for (int j = 0; j < n; j++) y[o0 + j] = L->bias[o0 + j] + bf16_round(acc[j] * L->scale[o0 + j]);
+    } else if (L->bias) {
+        for (int j = 0; j < n; j++) y[o0 + j] = acc[j] + L->bias[o0 + j];
+    } else {
+        for (int j = 0; j < n; j++) y[o0 + j] = acc[j];
+    }
+}
+
+/* ---- y[R][n_out] = x[R][n_in] W^T + b ----
+ * Every output is accumulated in the same order (input index ascending, one fused multiply-add
+ * per input) whatever R and the row blocking: a frame gives bit-identical results alone or
+ * within a chunk. One row: 64 columns (8 vector accumulators) per pass; more rows: two rows x
+ * 32 columns per pass, so each weight vector loaded serves both rows. ``is8`` is a constant at
+ * each call site, so the compiler emits a separate loop for int8 and for float32 weights. */
+static inline __attribute__((always_inline)) void tile_rows(const Linear *L, int t, const float *xs, int R,
+                                                            float *y, const int is8) {
+    const int ni = L->n_in, no = L->n_out, o0 = t * TILE, n = no - o0 < TILE ? no - o0 : TILE;
+    const float *w = is8 ? NULL : L->w + (size_t)t * ni * TILE;
+    const int8_t *q = is8 ? L->q + (size_t)t * ni * TILE : NULL;
+    int r = 0;
+#ifdef __AVX2__
+#define WLOAD(i, j) (is8 ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + (size_t)(i) * TILE + (j))))) \
+                         : _mm256_loadu_ps(w + (size_t)(i) * TILE + (j)))
+    if (R == 1) {
+        float acc[TILE];
+        __m256 a[TILE / 8];
+        for (int j = 0; j < TILE / 8; j++) a[j] = _mm256_setzero_ps();
+        for (int i = 0; i < ni; i++) {
+            const __m256 xv = _mm256_set1_ps(xs[i]);
+            for (int j = 0; j < TILE / 8; j++) a[j] = _mm256_fmadd_ps(xv, WLOAD(i, 8 * j), a[j]);
+        }
+        for (int j = 0; j < TILE / 8; j++) _mm256_storeu_ps(acc + 8 * j, a[j]);
+        tile_out(L, o0, n, acc, y);
+        return;
+    }
+    for (; r + 2 <= R; r += 2) {
+        const float *x0 = xs + (size_t)r * ni, *x1 = x0 + ni;
+        for (int h = 0; h < n; h += 32) {
+            __m256 a0[4], a1[4];
+            for (int j = 0; j < 4; j++) a0[j] = a1[j] = _mm256_setzero_ps();
+            for (int i = 0; i < ni; i++) {
+                const __m256 v0 = _mm256_set1_ps(x0[i]), v1 = _mm256_set1_ps(x1[i]);
+                for (int j = 0; j < 4; j++) {
+                    const __m256 wv = WLOAD(i, h + 8 * j);
+                    a0[j] = _mm256_fmadd_ps(v0, wv, a0[j]);
+                    a1[j] = _mm256_fmadd_ps(v1, wv, a1[j]);
+                }
+            }
+            float acc0[32], acc1[32];
+            for (int j = 0; j < 4; j++) {
+                _mm256_storeu_ps(acc0 + 8 * j, a0[j]);
+                _mm256_storeu_ps(acc1 + 8 * j, a1[j]);
+            }
+            const int m = n - h < 32 ? n - h : 32;
+            tile_out(L, o0 + h, m, acc0, y + (size_t)r * no);
+            tile_out(L, o0 + h, m, acc1, y + (size_t)(r + 1) * no);
+        }
+    }
+    for (; r < R; r++) { /* an odd last row: 32 columns at a time, same order */
+        const float *x0 = xs + (size_t)r * ni;
+        for (int h = 0; h < n; h += 32) {
+            __m256 a0[4];
+            for (int j = 0; j < 4; j++) a0[j] = _mm256_setzero_ps();
+            for (int i = 0; i < ni; i++) {
+                const __m256 v0 = _mm256_set1_ps(x0[i]);
+                for (int j = 0; j < 4; j++) a0[j] = _mm256_fmadd_ps(v0, WLOAD(i, h + 8 * j), a0[j]);
+            }
+            float acc0[32];
+            for (int j = 0; j < 4; j++) _mm256_storeu_ps(acc0 + 8 * j, a0[j]);
+            tile_out(L, o0 + h, n - h < 32 ? n - h : 32, acc0, y + (size_t)r * no);
+        }
+    }
+#undef WLOAD
+#else
+    for (; r < R; r++) {
+        const float *x0 = xs + (size_t)r * ni;
+        float acc[TILE];
+        for (int j = 0; j < TILE; j++) acc[j] = 0.0f;
+        for (int i = 0; i < ni; i++)
+            for (int j = 0; j < TILE; j++)
+                acc[j] = fmaf(x0[i], is8 ? (float)q[(size_t)i * TILE + j] : w[(size_t)i * TILE + j], acc[j]);
+        tile_out(L, o0, n, acc, y + (size_t)r * no);
+    }
+#endif
+}
+
+static void linear_rows(const Linear *L, const float *x, int R, float *y, float *xtmp) {
+    const int tiles = (L->n_out + TILE - 1) / TILE;
+    const float *xs = x;
+    if (L->int8 == 1) { /* activations in bfloat16, as the PyTorch int8 path */
+        for (int i = 0; i < R * L->n_in; i++) xtmp[i] = bf16_round(x[i]);
+        xs = xtmp;
+    }
+    if (L->int8) {
+        for (int t = 0; t < tiles; t++) tile_rows(L, t, xs, R, y, 1);
+    } else {
+        for (int t = 0; t < tiles; t++) tile_rows(L, t, xs, R, y, 0);
+    }
+}
+
+#ifdef __AVX2__
+/* e^x for 8 floats (Cephes' expf: range reduction by ln 2 in two parts, degree-5 polynomial;
+ * ~1 ulp), for the GELU below. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* x * (1 + erf(x / sqrt 2)) / 2 for 8 floats, with the erf PyTorch's vectorised CPU GELU uses
+ * (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7). */
+static inline __m256 gelu8(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    const __m256 u = _mm256_mul_ps(v, _mm256_set1_ps((float)M_SQRT1_2));
+    const __m256 sgn = _mm256_and_ps(sign, u), a = _mm256_xor_ps(sgn, u);
+    const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), a, one));
+    __m256 r = _mm256_fmadd_ps(_mm256_set1_ps(1.061405429f), t, _mm256_set1_ps(-1.453152027f));
+    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(1.421413741f));
+    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(-0.284496736f));
+    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(0.254829592f));
+    const __m256 ex = exp8(_mm256_xor_ps(sign, _mm256_mul_ps(u, u)));
+    const __m256 erf = _mm256_xor_ps(sgn, _mm256_fmadd_ps(_mm256_xor_ps(sign, _mm256_mul_ps(ex, t)), r, one));
+    return _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(0.5f)), _mm256_add_ps(one, erf));
+}
+#endif
+
+/* GELU (the exact, erf form) in place over n floats. */
+static void gelu(float *x, size_t n) {
+    size_t i = 0;
+#ifdef __AVX2__
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, gelu8(_mm256_loadu_ps(x + i)));
+    if (i < n) { /* the tail through the same vector code, so every element rounds alike */
+        float tmp[8] = {0};
+        memcpy(tmp, x + i, sizeof(float) * (n - i));
+        _mm256_storeu_ps(tmp, gelu8(_mm256_loadu_ps(tmp)));
+        memcpy(x + i, tmp, sizeof(float) * (n - i));
+    }
+#else
+    for (; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+#endif
+}
+
+static void layer_norm(const float *x, const float *w, const float *b, float eps, int n, float *y) {
+    double s = 0.0, s2 = 0.0;
+    for (int i = 0; i < n; i++) s += x[i];
+    const double mean = s / n;
+    for (int i = 0; i < n; i++) {
+        const double d = x[i] - mean;
+        s2 += d * d;
+    }
+    const float m = (float)mean, rstd = (float)(1.0 / sqrt(s2 / n + eps));
+    for (int i = 0; i < n; i++) y[i] = (x[i] - m) * rstd * w[i] + b[i];
+}
+
+/* x[R][width] <- x + gamma * fc2(gelu(fc1(LayerNorm(depthwise causal conv(x))))), R
+ * consecutive frames; the conv runs frame by frame through the block's history ring. */
+static void block_rows(const Net *net, Block *B, float *x, int R, float *work) {
+    const int C = net->width, K = net->kernel, H = K - 1, nh = B->fc1.n_out;
+    float *dw = work, *ln = dw + (size_t)R * C, *hid = ln + (size_t)R * C, *y = hid + (size_t)R * nh;
+    float *xtmp = y + (size_t)R * C;
+    for (int r = 0; r < R; r++) {
+        float *d = dw + (size_t)r * C;
+        const float *xr = x + (size_t)r * C;
+        for (int c = 0; c < C; c++) d[c] = B->dw_b[c] + B->dw_w[(size_t)H * C + c] * xr[c];
+        for (int j = 0; j < H; j++) {
+            const float *h = B->hist + (size_t)((B->pos + j) % H) * C, *w = B->dw_w + (size_t)j * C;
+            for (int c = 0; c < C; c++) d[c] += w[c] * h[c];
+        }
+        memcpy(B->hist + (size_t)B->pos * C, xr, sizeof(float) * C);
+        B->pos = (B->pos + 1) % H;
+        layer_norm(d, B->ln_w, B->ln_b, net->ln_eps, C, ln + (size_t)r * C);
+    }
+    linear_rows(&B->fc1, ln, R, hid, xtmp);
+    gelu(hid, (size_t)R * nh);
+    linear_rows(&B->fc2, hid, R, y, xtmp);
+    for (size_t i = 0; i < (size_t)R * C; i++) x[i] += y[i] * B->gamma[i % C];
+}
+
+/* ---- complex FFT of n = 2 hop points (mixed radix 4, 2, 3, 5, ...; kissfft's recursion) ---- */
+typedef struct { float re, im; } cpx;
+
+static void fft_work(cpx *out, const cpx *in, int fstride, const int *factors, const cpx *tw, int n_all,
+                     int inverse, cpx *scratch) {
+    const int p = factors[0], m = factors[1];
+    if (m == 1) {
+        for (int j = 0; j < p; j++) out[j] = in[(size_t)j * fstride];
+    } else {
+        for (int j = 0; j < p; j++) fft_work(out + j * m, in + (size_t)j * fstride, fstride * p, factors + 2, tw,
+                                             n_all, inverse, scratch);
+    }
+    for (int u = 0; u < m; u++) {
+        for (int q = 0; q < p; q++) scratch[q] = out[u + q * m];
+        for (int q1 = 0, k = u; q1 < p; q1++, k += m) {
+            cpx acc = scratch[0];
+            int idx = 0;
+            for (int q = 1; q < p; q++) {
+                idx += fstride * k;
+                idx %= n_all;
+                const float wr = tw[idx].re, wi = inverse ? -tw[idx].im : tw[idx].im;
+                acc.re += scratch[q].re * wr - scratch[q].im * wi;
+                acc.im += scratch[q].re * wi + scratch[q].im * wr;
+            }
+            out[k] = acc;
+        }
+    }
+}
+
+static void fft(const cpx *in, cpx *out, int n, const cpx *tw, int inverse) {
+    int factors[64], nf = 0, rest = n, p = 4;
+    while (rest > 1) {
+        while (rest % p) {
+            p = p == 4 ? 2 : p == 2 ? 3 : p + 2;
+            if (p * p > rest) p = rest;
+        }
+        rest /= p;
+        factors[nf++] = p;
+        factors[nf++] = rest;
+    }
+    cpx scratch[64];
+    fft_work(out, in, 1, factors, tw, n, inverse, scratch);
+}
+
+static int check_net(const Net *net) {
+    return net->kernel >= 2 && net->hop >= 1 && net->width >= 1 && net->latent >= 1;
+}
+
+/* Frames per pass through the layers: weights are read once per group, not once per frame. */
+#define GROUP 16
+
+/* Encoder: n_frames x hop new samples -> codes [n_q][n_frames] (int64). Returns 0, or -1 on bad arguments. */
+int codec_encode_frames(Net *net, const float *x, int n_frames, int n_q, int64_t *codes) {
+    if (!check_net(net) || n_q < 1 || n_q > net->n_stages) return -1;
+    const int h = net->hop, n = 2 * h, bins = h + 1, C = net->width, D = net->latent, F3 = 3 * bins;
+    int kmax = 0;
+    for (int s = 0; s < net->n_stages; s++) kmax = net->sizes[s] > kmax ? net->sizes[s] : kmax;
+    float *feat = net->scratch, *hc = feat + (size_t)GROUP * F3, *lnb = hc + (size_t)GROUP * C;
+    float *z = lnb + (size_t)GROUP * C, *dots = z + (size_t)GROUP * D;
+    cpx *buf = (cpx *)(dots + (size_t)GROUP * kmax), *spec = buf + n;
+    float *work = (float *)(spec + n);
+    for (int f0 = 0; f0 < n_frames; f0 += GROUP) {
+        const int R = n_frames - f0 < GROUP ? n_frames - f0 : GROUP;
+        for (int r = 0; r < R; r++) {
+            const float *cur = x + (size_t)(f0 + r) * h;
+            float *fe = feat + (size_t)r * F3;
+            for (int i = 0; i < h; i++) {
+                buf[i].re = net->samples[i] * net->window[i];
+                buf[h + i].re = cur[i] * net->window[h + i];
+                buf[i].im = buf[h + i].im = 0.0f;
+            }
+            memcpy(net->samples, cur, sizeof(float) * h);
+            fft(buf, spec, n, (const cpx *)net->twiddle, 0);
+            for (int k = 0; k < bins; k++) {
+                const float mag = hypotf(spec[k].re, spec[k].im), d = mag > 1e-5f ? mag : 1e-5f;
+                fe[k] = logf(mag + 1e-5f);
+                fe[bins + k] = spec[k].re / d;
+                fe[2 * bins + k] = spec[k].im / d;
+            }
+        }
+        linear_rows(&net->inp, feat, R, hc, work);
+        for (int b = 0; b < net->n_blocks; b++) block_rows(net, &net->blocks[b], hc, R, work);
+        for (int r = 0; r < R; r++) layer_norm(hc + (size_t)r * C, net->ln_w, net->ln_b, net->ln_eps, C, lnb + (size_t)r * C);
+        linear_rows(&net->out, lnb, R, z, work);
+        /* Residual search, the result of codec.quant.search.nearest (fp32): distances
+         * dist_k = (||e_k||^2 - 2 r.e_k) + ||r||^2, the first index within a relative 2^-21 of the
+         * best wins. Two steps read a quarter of the bytes of a full fp32 pass: int8 codewords
+         * give every distance within a proven bound, and only the codewords whose lower bound
+         * can reach the tie window of the best upper bound are scored exactly, with the fp32
+         * full pass's arithmetic (same summation order), so the code is the one it would pick. */
+        for (int s = 0; s < n_q; s++) {
+            const int K = net->sizes[s];
+            const float *e2 = net->e2[s], *scale = net->prefilter[s].scale, *table = net->tables[s];
+            linear_rows(&net->prefilter[s], z, R, dots, work);
+            for (int r = 0; r < R; r++) {
+                float *zr = z + (size_t)r * D, *dr = dots + (size_t)r * K, x2 = 0.0f, l1 = 0.0f, upper = INFINITY;
+                for (int i = 0; i < D; i++) {
+                    x2 += zr[i] * zr[i];
+                    l1 += fabsf(zr[i]);
+                }
+                /* |r.e_k - approx| <= ||r||_1 scale_k (1/2 rounding + 1e-3 fp32 sums): slack 1.02 x twice that */
+                for (int k = 0; k < K; k++) {
+                    const float d = (e2[k] - 2.0f * dr[k]) + x2;
+                    const float slack = 1.02f * l1 * scale[k] + 1e-6f * (e2[k] + 2.0f * fabsf(dr[k]) + x2);
+                    dr[k] = d;
+                    work[k] = slack;
+                    if (d + slack < upper) upper = d + slack;
+                }
+                const float lim = upper + fabsf(upper) * (float)(1.0 / 1048576.0);
+                float best = INFINITY;
+                int n_cand = 0;
+                int *cand = (int *)(work + K);
+                float *exact = work + 2 * K;
+                for (int k = 0; k < K; k++) {
+                    if (!(dr[k] - work[k] <= lim)) continue;
+                    const float *e = table + (size_t)k * D;
+                    float acc = 0.0f;
+                    for (int i = 0; i < D; i++) acc = fmaf(zr[i], e[i], acc);
+                    const float d = (e2[k] - 2.0f * acc) + x2;
+                    cand[n_cand] = k;
+                    exact[n_cand++] = d;
+                    if (d < best) best = d;
+                }
+                const float thr = best + fabsf(best) * (float)(1.0 / 2097152.0);
+                int code = 0; /* no candidate at all (NaN input): index 0, as PyTorch's argmax of zeros */
+                for (int c = 0; c < n_cand; c++)
+                    if (exact[c] <= thr) {
+                        code = cand[c];
+                        break;
+                    }
+                codes[(size_t)s * n_frames + f0 + r] = code;
+                const float *e = table + (size_t)code * D;
+                for (int i = 0; i < D; i++) zr[i] -= e[i];
+            }
+        }
+    }
+    return 0;
+}
+
+/* Decoder: codes [n_q][n_frames] (int64) -> n_frames x hop samples. Returns 0, -1 on bad
+ * arguments, or -2 when a code is out of its codebook's range (nothing is changed then). */
+int codec_decode_frames(Net *net, const int64_t *codes, int n_q, int n_frames, float *out) {
+    if (!check_net(net) || n_q < 1 || n_q > net->n_stages) return -1;
+    for (int s = 0; s < n_q; s++)
+        for (int f = 0; f < n_frames; f++) {
+            const int64_t c = codes[(size_t)s * n_frames + f];
+            if (c < 0 || c >= net->sizes[s]) return -2;
+        }
+    const int h = net->hop, n = 2 * h, bins = h + 1, C = net->width, D = net->latent;
+    float *zin = net->scratch, *hc = zin + (size_t)GROUP * 3 * D, *lnb = hc + (size_t)GROUP * C;
+    float *so = lnb + (size_t)GROUP * C;
+    cpx *full = (cpx *)(so + (size_t)GROUP * 2 * bins), *frame = full + n;
+    float *work = (float *)(frame + n);
+    for (int f0 = 0; f0 < n_frames; f0 += GROUP) {
+        const int R = n_frames - f0 < GROUP ? n_frames - f0 : GROUP;
+        for (int r = 0; r < R; r++) { /* row r: [z_{t-2} z_{t-1} z_t] for the causal kernel-3 conv */
+            float *zr = zin + (size_t)r * 3 * D, *z = zr + 2 * D;
+            memcpy(zr, net->lat_hist, sizeof(float) * 2 * D);
+            for (int i = 0; i < D; i++) z[i] = 0.0f;
+            for (int s = 0; s < n_q; s++) {
+                const float *e = net->tables[s] + (size_t)codes[(size_t)s * n_frames + f0 + r] * D;
+                for (int i = 0; i < D; i++) z[i] += e[i];
+            }
+            memcpy(net->lat_hist, zr + D, sizeof(float) * 2 * D);
+        }
+        linear_rows(&net->inp, zin, R, hc, work);
+        for (int b = 0; b < net->n_blocks; b++) block_rows(net, &net->blocks[b], hc, R, work);
+        for (int r = 0; r < R; r++) layer_norm(hc + (size_t)r * C, net->ln_w, net->ln_b, net->ln_eps, C, lnb + (size_t)r * C);
+        linear_rows(&net->out, lnb, R, so, work);
+        for (int r = 0; r < R; r++) {
+            const float *sr = so + (size_t)r * 2 * bins;
+            for (int k = 0; k < bins; k++) {
+                const float lm = sr[k] < 7.0f ? sr[k] : 7.0f, mag = expf(lm), ph = sr[bins + k];
+                full[k].re = mag * cosf(ph);
+                full[k].im = mag * sinf(ph);
+            }
+            full[0].im = 0.0f; /* irfft ignores the imaginary parts of DC and Nyquist */
+            full[h].im = 0.0f;
+            for (int k = 1; k < h; k++) {
+                full[n - k].re = full[k].re;
+                full[n - k].im = -full[k].im;
+            }
+            fft(full, frame, n, (const cpx *)net->twiddle, 1);
+            float *o = out + (size_t)(f0 + r) * h;
+            const float inv = 1.0f / (float)n;
+            for (int i = 0; i < h; i++) o[i] = frame[i].re * inv * net->window[i] + net->samples[i];
+            for (int i = 0; i < h; i++) net->samples[i] = frame[h + i].re * inv * net->window[h + i];
+        }
+    }
+    return 0;
+}
+
+/* The frames per layer pass, for the Python side's scratch sizing. */
+int codec_group_frames(void) { return GROUP; }
