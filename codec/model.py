@@ -24,6 +24,9 @@ from codec.quant.residual import ResidualQuantizer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: Streamed chunks of at most this many frames run in the native frame engine (when it
+#: applies); longer ones in the PyTorch layers, whose matrix-matrix products win there.
+ENGINE_MAX_FRAMES = 32
 
 
 @dataclass
@@ -249,7 +252,9 @@ class Codec(nn.Module):
             raise ValueError(f"expected audio of shape [B, 1, L], got {tuple(wav.shape)}")
         self._stream_samples += wav.shape[-1]
         self._stream_batch = wav.shape[0]
-        engine = self._stream_engine("encoder", wav.shape[0])
+        hop = self.hop_length
+        frames = self._stream_samples // hop - (self._stream_samples - wav.shape[-1]) // hop
+        engine = self._stream_engine("encoder", wav.shape[0], frames)
         if engine is not None:
             return engine.encode(wav, self.quantizer.check_n_q(n_q))
         z = self.encoder(wav.to(dtype))
@@ -284,22 +289,38 @@ class Codec(nn.Module):
         if codes.shape[-1] == 0:
             return torch.zeros(codes.shape[0], 1, 0, device=codes.device)
         if self._stream_samples is not None:
-            engine = self._stream_engine("decoder", codes.shape[0])
+            engine = self._stream_engine("decoder", codes.shape[0], codes.shape[-1])
             if engine is not None:
                 self.quantizer.check_n_q(codes.shape[1])
                 return engine.decode(codes)
         with parametrize.cached():
             return self.decoder(self.quantizer.decode(codes))
 
-    def _stream_engine(self, part: str, batch: int):
-        """The native engine of this stream's ``part`` ("encoder" / "decoder"), made at its
-        first chunk, or None when the PyTorch layers serve it: batch > 1, ``native`` off, the
-        exact (fp64) encode, a CUDA model, an architecture the engine lacks, no compiler."""
-        if part in self._engines:
-            engine = self._engines[part]
-            if engine is not None and batch != 1:
-                raise ValueError(f"a stream's batch size cannot change (it started with 1, got {batch})")
+    def _stream_engine(self, part: str, batch: int, frames: int):
+        """The native engine for this chunk of the stream's ``part`` ("encoder" / "decoder"),
+        which completes ``frames`` frames, or None when the PyTorch layers take it: always
+        for batch > 1, ``native`` off, the exact (fp64) encode, a CUDA model, an architecture
+        the engine lacks or no compiler; and for chunks of more than ``ENGINE_MAX_FRAMES``
+        frames, where PyTorch's matrix-matrix products are faster. The stream's state moves
+        between the two whenever the path changes, so chunks of any sizes can be mixed."""
+        engine = self._engines.get(part) if part in self._engines else self._new_engine(part, batch)
+        if engine is None:
+            return None
+        if batch != 1:
+            raise ValueError(f"a stream's batch size cannot change (it started with 1, got {batch})")
+        owner = self._engines.get(part + "_owner")
+        if frames <= ENGINE_MAX_FRAMES:
+            if owner == "torch":
+                engine.load_state(self)
+            self._engines[part + "_owner"] = "engine"
             return engine
+        if owner == "engine":
+            engine.store_state(self)
+        self._engines[part + "_owner"] = "torch"
+        return None
+
+    def _new_engine(self, part: str, batch: int):
+        """The engine of a new stream's ``part`` (None where it does not apply), recorded."""
         engine = None
         if (self.native and batch == 1 and not (part == "encoder" and self.exact)
                 and next(self.parameters()).device.type == "cpu"):

@@ -107,6 +107,45 @@ def test_results_do_not_depend_on_chunking() -> None:
     assert (a == model.encode(wav)).float().mean().item() >= 0.97
 
 
+def test_long_chunks_hand_the_stream_to_pytorch_and_back(shipped: Codec, monkeypatch) -> None:
+    """Chunks of more than ENGINE_MAX_FRAMES frames run in the PyTorch layers: the stream's
+    state moves between the engine and them at every switch, so a stream mixing both equals
+    an all-PyTorch stream (codes up to near-ties, audio to float rounding)."""
+    from codec.model import ENGINE_MAX_FRAMES
+
+    handovers = {"load_state": 0, "store_state": 0}
+
+    def counting(name: str):
+        original = getattr(FrameEngine, name)
+
+        def counted(self: FrameEngine, model: Codec) -> None:
+            handovers[name] += 1
+            original(self, model)
+        return counted
+
+    for name in handovers:
+        monkeypatch.setattr(FrameEngine, name, counting(name))
+    wav = speech(6.0, index=6)
+    big = (ENGINE_MAX_FRAMES + 8) * HOP + 123
+    sizes = [HOP, big, 7, 3 * HOP, big, 100, HOP, 2 * big]
+    mixed, ref = stream_codes(shipped, wav, sizes), stream_codes(shipped, wav, HOP, native_on=False)
+    assert mixed.shape == ref.shape
+    assert (mixed == ref).float().mean().item() >= 0.99
+    assert torch.equal(mixed[:, :4], ref[:, :4])
+    shipped.native = True
+    groups = [1, ENGINE_MAX_FRAMES + 1, 2, 1, 3 * ENGINE_MAX_FRAMES, 5]
+    parts, t, k = [], 0, 0
+    with shipped.streaming():
+        while t < ref.shape[-1]:
+            parts.append(shipped.decode(ref[..., t : t + groups[k % len(groups)]]))
+            t, k = t + groups[k % len(groups)], k + 1
+        owners = {shipped._engines["decoder_owner"]}
+    audio = torch.cat(parts, -1)
+    assert owners <= {"engine", "torch"}
+    assert handovers["load_state"] >= 4 and handovers["store_state"] >= 4  # both ways, both parts
+    assert (audio - stream_audio(shipped, ref, native_on=False)).abs().max().item() <= 1e-4
+
+
 def test_int8_stream_stays_close_to_offline_int8(shipped: Codec) -> None:
     """int8 weights: activations and outputs rounded to bfloat16 as torch._weight_int8pack_mm
     rounds them. A bf16 rounding step turns the engine's ~1e-7 differences from PyTorch (sum

@@ -203,7 +203,13 @@ def stream_decode(model: Codec, codes: torch.Tensor, frames: int) -> torch.Tenso
 
 def flatness(model: Codec, seconds: float, chunk: int, window: float = 10.0) -> dict[str, float]:
     """Stream ``seconds`` of audio in ``chunk``-sample chunks (encode, then decode the frames
-    it completed); per-chunk times of the first and last ``window`` seconds."""
+    it completed); per-chunk times of the first and last ``window`` seconds.
+
+    Also a paired measurement that a slowly changing machine (another tenant, memory
+    bandwidth drifting over the minute the stream takes) cannot bias: the last ``window``
+    seconds of a ``seconds``-long stream and the first ``window`` seconds of a fresh stream
+    (a second copy of the model), chunk by chunk in alternation, so both windows run at the
+    same time; ``paired_ratio`` is the ratio of their median chunk times."""
     sr = model.sample_rate
     gen = torch.Generator().manual_seed(1)
     wav = 0.1 * torch.randn(1, 1, int(seconds * sr), generator=gen)
@@ -219,9 +225,28 @@ def flatness(model: Codec, seconds: float, chunk: int, window: float = 10.0) -> 
     # The median per window as well: on a shared machine a few slow chunks (another tenant,
     # a page fault) move the mean by more than the code's own per-chunk cost changes.
     first_med, last_med = statistics.median(times[:n]), statistics.median(times[-n:])
+
+    fresh_model = type(model)(model.cfg).eval()
+    fresh_model.load_state_dict(model.state_dict())
+    fresh_model.int8, fresh_model.native = model.int8, model.native
+    starts = list(range(0, wav.shape[-1], chunk))
+    late, fresh = [], []
+    with torch.no_grad(), model.streaming(), fresh_model.streaming():
+        for i in starts[:-n]:  # the long stream up to its last window, untimed
+            model.decode(model.encode(wav[..., i : i + chunk]))
+        for i, j in zip(starts[-n:], starts[:n]):
+            t0 = time.perf_counter()
+            model.decode(model.encode(wav[..., i : i + chunk]))
+            t1 = time.perf_counter()
+            fresh_model.decode(fresh_model.encode(wav[..., j : j + chunk]))
+            late.append(t1 - t0)
+            fresh.append(time.perf_counter() - t1)
     return {"first_ms": 1e3 * first, "last_ms": 1e3 * last, "ratio": last / first,
             "first_median_ms": 1e3 * first_med, "last_median_ms": 1e3 * last_med,
-            "median_ratio": last_med / first_med, "rtf": sum(times) / seconds, "chunks": len(times)}
+            "median_ratio": last_med / first_med, "rtf": sum(times) / seconds, "chunks": len(times),
+            "seconds": seconds, "paired_late_median_ms": 1e3 * statistics.median(late),
+            "paired_fresh_median_ms": 1e3 * statistics.median(fresh),
+            "paired_ratio": statistics.median(late) / statistics.median(fresh)}
 
 
 def peak_memory(recipe: str, seconds: float) -> dict[str, float]:
@@ -492,7 +517,9 @@ def markdown(res: dict) -> str:
             lines += ["", (f"Streaming {f['chunks']} chunks, {what} (encode + decode each): first 10 s "
                       f"{f['first_ms']:.3f} ms/chunk, last 10 s {f['last_ms']:.3f} ms/chunk (mean ratio {f['ratio']:.3f}; "
                       f"medians {f['first_median_ms']:.3f} / {f['last_median_ms']:.3f} ms, ratio {f['median_ratio']:.3f}), "
-                      f"RTF {f['rtf']:.3f}.")]
+                      f"RTF {f['rtf']:.3f}. Paired (the last 10 s of a {f['seconds']:g} s stream and the first 10 s of a "
+                      f"fresh one, chunks alternating): medians {f['paired_late_median_ms']:.3f} / "
+                      f"{f['paired_fresh_median_ms']:.3f} ms, ratio {f['paired_ratio']:.3f}.")]
     b = res["bitstream"]
     lines += ["", (f"Bitstream (1 thread, per second of audio): pack {1e3 * b['per_audio_second']['pack']:.3f} ms, "
               f"unpack {1e3 * b['per_audio_second']['unpack']:.3f} ms ({100 * b['fixed_share_of_encode']:.2f}% of "

@@ -117,6 +117,47 @@ class FrameEngine:
             self._net.blocks[i].pos = 0
         self._pending = torch.zeros(0)
 
+    # ----- handing the stream over to / from the PyTorch layers --------------------------------
+    def _layers(self, model: nn.Module) -> tuple[list, object, object]:
+        """(the blocks' depthwise convs, the sample-side layer, the decoder's input conv or None)."""
+        net = getattr(model, self.part)
+        convs = [b.dwconv for b in net.blocks]
+        if self.part == "encoder":
+            return convs, net.stft, None
+        return convs, net.istft, net.inp
+
+    def load_state(self, model: nn.Module) -> None:
+        """Continue the stream the PyTorch layers of ``model`` have been running: copy their
+        buffers (None = a fresh stream, zeros) into the engine's state."""
+        convs, io, inp = self._layers(model)
+        self.reset()
+        for i, conv in enumerate(convs):
+            buf = conv.__dict__.get("_buffer")
+            if buf is not None:
+                self._state[i].copy_(buf[0].t())
+        samples, lat = self._state[len(convs)], self._state[len(convs) + 1]
+        buf = io.__dict__.get("_buffer")
+        if buf is not None:
+            flat = buf.reshape(-1).float()
+            samples.copy_(flat[: self.hop])
+            self._pending = flat[self.hop :].clone()  # encoder: the samples of the next frame so far
+        if inp is not None and inp.__dict__.get("_buffer") is not None:
+            lat.copy_(inp.__dict__["_buffer"][0].t())
+
+    def store_state(self, model: nn.Module) -> None:
+        """Hand the stream to the PyTorch layers of ``model``: write the engine's state into
+        their buffers in their layouts (oldest frame first)."""
+        convs, io, inp = self._layers(model)
+        for i, conv in enumerate(convs):
+            pos, hist = self._net.blocks[i].pos, self._state[i]
+            conv.__dict__["_buffer"] = torch.roll(hist, -pos, dims=0).t()[None].contiguous()
+        samples, lat = self._state[len(convs)], self._state[len(convs) + 1]
+        if self.part == "encoder":
+            io.__dict__["_buffer"] = torch.cat([samples, self._pending])[None]
+        else:
+            io.__dict__["_buffer"] = samples.clone().view(1, 1, -1)
+            inp.__dict__["_buffer"] = lat.t()[None].contiguous()
+
     @staticmethod
     def weights_key(model: nn.Module, part: str) -> tuple | None:
         """What the prepared weights depend on: the int8 switch and the storage and version
