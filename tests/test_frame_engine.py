@@ -91,6 +91,23 @@ def test_shipped_model_streams_like_pytorch_on_speech(shipped: Codec) -> None:
     assert (a - offline).abs().max().item() <= 1e-4
 
 
+def test_prefiltered_search_is_the_exhaustive_search(shipped: Codec) -> None:
+    """The int8 prefilter only skips codewords that provably cannot win: on real latents
+    (and on latents far off the data) its codes equal an exact score of every codeword bit
+    for bit, and both equal PyTorch's fp32 search up to near-ties."""
+    from codec.nn.native.engine import FrameEngine as Engine
+
+    engine = Engine.for_encoder(native.load(), shipped)
+    with torch.no_grad():
+        z = shipped.encoder(speech(4.0, index=7))[0].t()  # [F, D]
+    z = torch.cat([z, 3.0 * torch.randn(50, z.shape[1]) * z.std(), torch.zeros(1, z.shape[1])])
+    fast, full = engine.search(z, 12), engine.search(z, 12, exhaustive=True)
+    assert torch.equal(fast, full)
+    ref = shipped.quantizer.encode(z.t()[None])[0]
+    assert (fast == ref).float().mean().item() >= 0.995
+    assert torch.equal(fast[0], ref[0])
+
+
 def test_results_do_not_depend_on_chunking() -> None:
     """The engine does the same float operations per frame however the samples arrive: codes
     and audio are bit-identical between 20 ms chunks, ragged chunks and whole frames groups."""

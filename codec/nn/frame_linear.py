@@ -14,6 +14,8 @@ arithmetic speed. Two things cut the bytes and the time:
   autograd (offline too, so a stream still matches its offline result); training never sees it.
 
 Float64 inputs (the codec's exact path) and autograd always take plain ``F.linear``.
+Batch-1 streams of short chunks usually bypass these layers altogether: the native frame
+engine (``codec.nn.native``) reads the same weights (and rounds int8 the same way) in C.
 """
 from __future__ import annotations
 

@@ -102,6 +102,9 @@ def load() -> ctypes.CDLL | None:
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        lib.codec_search.restype = ctypes.c_int
+        lib.codec_search.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                                     ctypes.c_int]
         lib.codec_group_frames.restype = ctypes.c_int
         lib.codec_group_frames.argtypes = []
         _LIB = lib

@@ -1,12 +1,15 @@
-"""The frame engine: a batch-1 stream of the ConvNeXt codec, every frame in one native call.
+"""The frame engine: a batch-1 stream of the ConvNeXt codec, a chunk's frames in one native call.
 
-``FrameEngine.for_encoder(model)`` / ``for_decoder(model)`` copy the weights once per stream
-into the layout ``frame_engine.c`` reads (fp32, or int8 + scale when ``model.int8``), allocate
+``FrameEngine.for_encoder(lib, model)`` / ``for_decoder(lib, model)`` copy the weights into
+the layout ``frame_engine.c`` reads (fp32, or int8 + scale when ``model.int8``; the Codec
+keeps an engine between streams while its weights are unchanged and ``reset()``s it), hold
 the stream state (STFT samples, each block's depthwise history, the decoder's latent history
-and overlap tail, all starting at zero like the PyTorch layers' buffers) and then take chunks
-of any length. A chunk costs one C call whatever its frame count; a 20 ms chunk is one frame.
-The results equal the PyTorch streaming path's up to float summation order: codes agree
-except where two codewords are within rounding of each other, audio to ~1e-6.
+and overlap tail, starting at zero like the PyTorch layers' buffers) and take chunks of any
+length, one C call per chunk. ``load_state`` / ``store_state`` move the state from / to the
+PyTorch layers' buffers, so a stream can switch paths between chunks (``Codec`` sends long
+chunks to PyTorch). The results equal the PyTorch streaming path's up to float summation
+order: codes agree except where two codewords are within rounding of each other, audio to
+~1e-6 (int8: see ``Codec.int8``).
 """
 from __future__ import annotations
 
@@ -244,7 +247,7 @@ class FrameEngine:
         bins = h + 1
         # Every buffer frame_engine.c carves out of the scratch, for a group of G frames (a superset).
         g = self._lib.codec_group_frames()
-        scratch = g * (8 * bins + 5 * width + 2 * mlp * width + 7 * latent + kmax) + 3 * kmax + 4 * n + 4096
+        scratch = g * (8 * bins + 5 * width + 2 * mlp * width + 7 * latent + 2 * kmax) + 3 * kmax + 4 * n + 4096
         netc = _Net(hop=h, width=width, latent=latent, n_blocks=len(cb), kernel=kernel, mlp=mlp,
                     n_stages=len(stages), ln_eps=float(net.norm.eps), blocks=block_array,
                     ln_w=self._f32(net.norm.weight), ln_b=self._f32(net.norm.bias),
@@ -285,6 +288,20 @@ class FrameEngine:
             if rc != 0:
                 raise RuntimeError(f"native encoder refused the chunk (code {rc})")
         return codes.unsqueeze(0)
+
+    def search(self, z: Tensor, n_q: int, exhaustive: bool = False) -> Tensor:
+        """The engine's residual code search alone (encoder engines): latents float [R, D] ->
+        codes int64 [n_q, R]. ``exhaustive`` scores every codeword exactly instead of the
+        int8-prefiltered candidates (the reference the prefilter must reproduce)."""
+        if self.part != "encoder":
+            raise ValueError("only an encoder engine searches codes")
+        z = z.detach().to(torch.float32).contiguous().clone()
+        codes = torch.empty(n_q, z.shape[0], dtype=torch.long)
+        rc = self._lib.codec_search(ctypes.byref(self._net), z.data_ptr(), z.shape[0], n_q, codes.data_ptr(),
+                                    int(exhaustive))
+        if rc != 0:
+            raise RuntimeError(f"native search refused the latents (code {rc})")
+        return codes
 
     def decode(self, codes: Tensor) -> Tensor:
         """The next frames' codes, int64 [1, n, F] -> audio float [1, 1, F hop].

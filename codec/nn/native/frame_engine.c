@@ -318,15 +318,85 @@ static int check_net(const Net *net) {
 /* Frames per pass through the layers: weights are read once per group, not once per frame. */
 #define GROUP 16
 
+/* Residual search of R latents z [R][latent] (consumed: left holding the residuals), codes
+ * written to codes[s * stride + r]: the result of codec.quant.search.nearest (fp32), i.e.
+ * distances dist_k = (||e_k||^2 - 2 r.e_k) + ||r||^2, the first index within a relative 2^-21
+ * of the best wins. Two steps read a quarter of the bytes of a full fp32 pass: int8 codewords
+ * give every distance within a proven bound, and only the codewords whose lower bound can
+ * reach the tie window of the best upper bound are scored exactly, with the fp32 full pass's
+ * arithmetic (the same summation order), so the code is the one it would pick.
+ * ``exhaustive`` scores every codeword exactly (the reference the tests compare with). */
+static void search_rows(const Net *net, float *z, int R, int n_q, int64_t *codes, int stride, float *work,
+                        int exhaustive) {
+    const int D = net->latent;
+    int kmax = 0;
+    for (int s = 0; s < net->n_stages; s++) kmax = net->sizes[s] > kmax ? net->sizes[s] : kmax;
+    float *dots = work, *slack = dots + (size_t)R * kmax, *exact = slack + kmax;
+    int *cand = (int *)(exact + kmax);
+    for (int s = 0; s < n_q; s++) {
+        const int K = net->sizes[s];
+        const float *e2 = net->e2[s], *scale = net->prefilter[s].scale, *table = net->tables[s];
+        linear_rows(&net->prefilter[s], z, R, dots, NULL);
+        for (int r = 0; r < R; r++) {
+            float *zr = z + (size_t)r * D, *dr = dots + (size_t)r * K, x2 = 0.0f, l1 = 0.0f, upper = INFINITY;
+            for (int i = 0; i < D; i++) {
+                x2 += zr[i] * zr[i];
+                l1 += fabsf(zr[i]);
+            }
+            /* |r.e_k - approx| <= ||r||_1 scale_k (1/2 rounding + 1e-3 fp32 sums): slack 1.02 x twice that */
+            for (int k = 0; k < K; k++) {
+                const float d = (e2[k] - 2.0f * dr[k]) + x2;
+                slack[k] = exhaustive ? INFINITY : 1.02f * l1 * scale[k] + 1e-6f * (e2[k] + 2.0f * fabsf(dr[k]) + x2);
+                dr[k] = d;
+                if (d + slack[k] < upper) upper = d + slack[k];
+            }
+            const float lim = upper + fabsf(upper) * (float)(1.0 / 1048576.0);
+            float best = INFINITY;
+            int n_cand = 0;
+            for (int k = 0; k < K; k++) {
+                if (!(dr[k] - slack[k] <= lim)) continue;
+                const float *e = table + (size_t)k * D;
+                float acc = 0.0f;
+                for (int i = 0; i < D; i++) acc = fmaf(zr[i], e[i], acc);
+                const float d = (e2[k] - 2.0f * acc) + x2;
+                cand[n_cand] = k;
+                exact[n_cand++] = d;
+                if (d < best) best = d;
+            }
+            const float thr = best + fabsf(best) * (float)(1.0 / 2097152.0);
+            int code = 0; /* no candidate at all (NaN input): index 0, as PyTorch's argmax of zeros */
+            for (int c = 0; c < n_cand; c++)
+                if (exact[c] <= thr) {
+                    code = cand[c];
+                    break;
+                }
+            codes[(size_t)s * stride + r] = code;
+            const float *e = table + (size_t)code * D;
+            for (int i = 0; i < D; i++) zr[i] -= e[i];
+        }
+    }
+}
+
+/* The search alone, on latents z [R][latent] (overwritten with the residuals): codes [n_q][R].
+ * For tests: ``exhaustive`` = 1 scores every codeword exactly. Returns 0 or -1. */
+int codec_search(Net *net, float *z, int R, int n_q, int64_t *codes, int exhaustive) {
+    if (!check_net(net) || n_q < 1 || n_q > net->n_stages || !net->prefilter) return -1;
+    int kmax = 0;
+    for (int s = 0; s < net->n_stages; s++) kmax = net->sizes[s] > kmax ? net->sizes[s] : kmax;
+    for (int r0 = 0; r0 < R; r0 += GROUP) {
+        const int n = R - r0 < GROUP ? R - r0 : GROUP;
+        search_rows(net, z + (size_t)r0 * net->latent, n, n_q, codes + r0, R, net->scratch, exhaustive);
+    }
+    return 0;
+}
+
 /* Encoder: n_frames x hop new samples -> codes [n_q][n_frames] (int64). Returns 0, or -1 on bad arguments. */
 int codec_encode_frames(Net *net, const float *x, int n_frames, int n_q, int64_t *codes) {
     if (!check_net(net) || n_q < 1 || n_q > net->n_stages) return -1;
     const int h = net->hop, n = 2 * h, bins = h + 1, C = net->width, D = net->latent, F3 = 3 * bins;
-    int kmax = 0;
-    for (int s = 0; s < net->n_stages; s++) kmax = net->sizes[s] > kmax ? net->sizes[s] : kmax;
     float *feat = net->scratch, *hc = feat + (size_t)GROUP * F3, *lnb = hc + (size_t)GROUP * C;
-    float *z = lnb + (size_t)GROUP * C, *dots = z + (size_t)GROUP * D;
-    cpx *buf = (cpx *)(dots + (size_t)GROUP * kmax), *spec = buf + n;
+    float *z = lnb + (size_t)GROUP * C;
+    cpx *buf = (cpx *)(z + (size_t)GROUP * D), *spec = buf + n;
     float *work = (float *)(spec + n);
     for (int f0 = 0; f0 < n_frames; f0 += GROUP) {
         const int R = n_frames - f0 < GROUP ? n_frames - f0 : GROUP;
@@ -351,57 +421,7 @@ int codec_encode_frames(Net *net, const float *x, int n_frames, int n_q, int64_t
         for (int b = 0; b < net->n_blocks; b++) block_rows(net, &net->blocks[b], hc, R, work);
         for (int r = 0; r < R; r++) layer_norm(hc + (size_t)r * C, net->ln_w, net->ln_b, net->ln_eps, C, lnb + (size_t)r * C);
         linear_rows(&net->out, lnb, R, z, work);
-        /* Residual search, the result of codec.quant.search.nearest (fp32): distances
-         * dist_k = (||e_k||^2 - 2 r.e_k) + ||r||^2, the first index within a relative 2^-21 of the
-         * best wins. Two steps read a quarter of the bytes of a full fp32 pass: int8 codewords
-         * give every distance within a proven bound, and only the codewords whose lower bound
-         * can reach the tie window of the best upper bound are scored exactly, with the fp32
-         * full pass's arithmetic (same summation order), so the code is the one it would pick. */
-        for (int s = 0; s < n_q; s++) {
-            const int K = net->sizes[s];
-            const float *e2 = net->e2[s], *scale = net->prefilter[s].scale, *table = net->tables[s];
-            linear_rows(&net->prefilter[s], z, R, dots, work);
-            for (int r = 0; r < R; r++) {
-                float *zr = z + (size_t)r * D, *dr = dots + (size_t)r * K, x2 = 0.0f, l1 = 0.0f, upper = INFINITY;
-                for (int i = 0; i < D; i++) {
-                    x2 += zr[i] * zr[i];
-                    l1 += fabsf(zr[i]);
-                }
-                /* |r.e_k - approx| <= ||r||_1 scale_k (1/2 rounding + 1e-3 fp32 sums): slack 1.02 x twice that */
-                for (int k = 0; k < K; k++) {
-                    const float d = (e2[k] - 2.0f * dr[k]) + x2;
-                    const float slack = 1.02f * l1 * scale[k] + 1e-6f * (e2[k] + 2.0f * fabsf(dr[k]) + x2);
-                    dr[k] = d;
-                    work[k] = slack;
-                    if (d + slack < upper) upper = d + slack;
-                }
-                const float lim = upper + fabsf(upper) * (float)(1.0 / 1048576.0);
-                float best = INFINITY;
-                int n_cand = 0;
-                int *cand = (int *)(work + K);
-                float *exact = work + 2 * K;
-                for (int k = 0; k < K; k++) {
-                    if (!(dr[k] - work[k] <= lim)) continue;
-                    const float *e = table + (size_t)k * D;
-                    float acc = 0.0f;
-                    for (int i = 0; i < D; i++) acc = fmaf(zr[i], e[i], acc);
-                    const float d = (e2[k] - 2.0f * acc) + x2;
-                    cand[n_cand] = k;
-                    exact[n_cand++] = d;
-                    if (d < best) best = d;
-                }
-                const float thr = best + fabsf(best) * (float)(1.0 / 2097152.0);
-                int code = 0; /* no candidate at all (NaN input): index 0, as PyTorch's argmax of zeros */
-                for (int c = 0; c < n_cand; c++)
-                    if (exact[c] <= thr) {
-                        code = cand[c];
-                        break;
-                    }
-                codes[(size_t)s * n_frames + f0 + r] = code;
-                const float *e = table + (size_t)code * D;
-                for (int i = 0; i < D; i++) zr[i] -= e[i];
-            }
-        }
+        search_rows(net, z, R, n_q, codes + f0, n_frames, work, 0);
     }
     return 0;
 }
