@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from codec.nn.frame_linear import quantize_int8
 
 #: Output columns per packed weight tile (``TILE`` in frame_engine.c).
-TILE = 64
+TILE = 8
 
 
 class _Linear(ctypes.Structure):
