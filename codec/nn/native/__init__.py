@@ -22,6 +22,9 @@ SOURCE = Path(__file__).with_name("frame_engine.c")
 #: -O3 and the build machine's instruction set (AVX2 + FMA where there is one); the float
 #: arithmetic stays IEEE (no -ffast-math), so the kernels round as written.
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno"]
+#: The same without -march=native: baseline x86-64 / the compiler's default target, i.e. the
+#: plain-C loops of frame_engine.c instead of its AVX2 ones (``build(portable=True)``).
+PORTABLE_FLAGS = [f for f in FLAGS if f != "-march=native"]
 
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
@@ -57,14 +60,16 @@ def _cpu_signature() -> str:
     return platform.processor()
 
 
-def build(force: bool = False) -> Path:
-    """Compile ``frame_engine.c`` (if not cached) and return the library's path.
-    Raises RuntimeError with the compiler's message when there is no compiler or it fails."""
+def build(force: bool = False, portable: bool = False) -> Path:
+    """Compile ``frame_engine.c`` (if not cached) and return the library's path; ``portable``:
+    without -march=native (the plain-C fallback loops). Raises RuntimeError with the
+    compiler's message when there is no compiler or it fails."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    flags = PORTABLE_FLAGS if portable else FLAGS
     version = subprocess.run([cc, "--version"], check=False, capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), platform.machine(),
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(flags), platform.machine(),
                                     _cpu_signature()]).encode()).hexdigest()[:16]
     out = cache_dir() / f"frame_engine-{key}.so"
     if out.is_file() and not force:
@@ -74,7 +79,7 @@ def build(force: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        res = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], check=False, capture_output=True,
+        res = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], check=False, capture_output=True,
                              text=True)
         if res.returncode != 0:
             raise RuntimeError(f"{cc} failed on {SOURCE.name}: {res.stderr.strip()[:2000]}")
@@ -83,6 +88,21 @@ def build(force: bool = False) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+def open_library(path: str | Path) -> ctypes.CDLL:
+    """A built frame-engine library with its functions' signatures declared."""
+    lib = ctypes.CDLL(str(path))
+    for name in ("codec_encode_frames", "codec_decode_frames"):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.codec_search.restype = ctypes.c_int
+    lib.codec_search.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                                 ctypes.c_int]
+    lib.codec_group_frames.restype = ctypes.c_int
+    lib.codec_group_frames.argtypes = []
+    return lib
 
 
 def load() -> ctypes.CDLL | None:
@@ -94,18 +114,8 @@ def load() -> ctypes.CDLL | None:
     if not _TRIED:
         _TRIED = True
         try:
-            lib = ctypes.CDLL(str(build()))
+            _LIB = open_library(build())
         except (OSError, RuntimeError) as exc:
             warnings.warn(f"native frame engine unavailable, streaming runs in PyTorch: {exc}", stacklevel=2)
             return None
-        for name in ("codec_encode_frames", "codec_decode_frames"):
-            fn = getattr(lib, name)
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-        lib.codec_search.restype = ctypes.c_int
-        lib.codec_search.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                                     ctypes.c_int]
-        lib.codec_group_frames.restype = ctypes.c_int
-        lib.codec_group_frames.argtypes = []
-        _LIB = lib
     return _LIB
