@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from codec.nn.frame_linear import quantize_int8
+from codec.quant.search import codebook_norms
 
 #: Output columns per packed weight tile (``TILE`` in frame_engine.c).
 TILE = 8
@@ -40,7 +41,7 @@ class _Block(ctypes.Structure):
 
 class _Net(ctypes.Structure):
     _fields_ = [("hop", c_int32), ("width", c_int32), ("latent", c_int32), ("n_blocks", c_int32),
-                ("kernel", c_int32), ("mlp", c_int32), ("n_stages", c_int32), ("pad_", c_int32),
+                ("kernel", c_int32), ("n_stages", c_int32),
                 ("ln_eps", c_float), ("pad2_", c_float),
                 ("inp", _Linear), ("blocks", POINTER(_Block)), ("ln_w", c_void_p), ("ln_b", c_void_p),
                 ("out", _Linear), ("window", c_void_p), ("twiddle", c_void_p), ("samples", c_void_p),
@@ -107,7 +108,11 @@ class FrameEngine:
         net = getattr(model, part)
         self.part = part
         self.hop = net.stft.hop if part == "encoder" else net.istft.hop
-        self._state: list[Tensor] = []  # the stream's history buffers, zeroed by reset()
+        self._state: list[Tensor] = []  # every history buffer below, zeroed by reset()
+        self._hist: list[Tensor] = []  # per block: the last kernel - 1 inputs [kernel - 1, width], a ring
+        #: encoder: the previous hop samples; decoder: the last frame's synthesis tail [hop]
+        self._samples = self._zeros(self.hop)
+        self._lat = self._zeros(2, model.quantizer.latent_dim)  # decoder: the previous two latents
         self._net = self._build(model, net)
         self._pending = torch.zeros(0)
 
@@ -134,32 +139,29 @@ class FrameEngine:
         buffers (None = a fresh stream, zeros) into the engine's state."""
         convs, io, inp = self._layers(model)
         self.reset()
-        for i, conv in enumerate(convs):
+        for hist, conv in zip(self._hist, convs):
             buf = conv.__dict__.get("_buffer")
             if buf is not None:
-                self._state[i].copy_(buf[0].t())
-        samples, lat = self._state[len(convs)], self._state[len(convs) + 1]
+                hist.copy_(buf[0].t())
         buf = io.__dict__.get("_buffer")
         if buf is not None:
             flat = buf.reshape(-1).float()
-            samples.copy_(flat[: self.hop])
+            self._samples.copy_(flat[: self.hop])
             self._pending = flat[self.hop :].clone()  # encoder: the samples of the next frame so far
         if inp is not None and inp.__dict__.get("_buffer") is not None:
-            lat.copy_(inp.__dict__["_buffer"][0].t())
+            self._lat.copy_(inp.__dict__["_buffer"][0].t())
 
     def store_state(self, model: nn.Module) -> None:
         """Hand the stream to the PyTorch layers of ``model``: write the engine's state into
         their buffers in their layouts (oldest frame first)."""
         convs, io, inp = self._layers(model)
-        for i, conv in enumerate(convs):
-            pos, hist = self._net.blocks[i].pos, self._state[i]
-            conv.__dict__["_buffer"] = torch.roll(hist, -pos, dims=0).t()[None].contiguous()
-        samples, lat = self._state[len(convs)], self._state[len(convs) + 1]
+        for i, (hist, conv) in enumerate(zip(self._hist, convs)):
+            conv.__dict__["_buffer"] = torch.roll(hist, -self._net.blocks[i].pos, dims=0).t()[None].contiguous()
         if self.part == "encoder":
-            io.__dict__["_buffer"] = torch.cat([samples, self._pending])[None]
+            io.__dict__["_buffer"] = torch.cat([self._samples, self._pending])[None]
         else:
-            io.__dict__["_buffer"] = samples.clone().view(1, 1, -1)
-            inp.__dict__["_buffer"] = lat.t()[None].contiguous()
+            io.__dict__["_buffer"] = self._samples.clone().view(1, 1, -1)
+            inp.__dict__["_buffer"] = self._lat.t()[None].contiguous()
 
     @staticmethod
     def weights_key(model: nn.Module, part: str) -> tuple | None:
@@ -190,11 +192,12 @@ class FrameEngine:
         self._keep.append(t)
         return t.data_ptr()
 
-    def _zeros(self, *shape: int) -> int:
+    def _zeros(self, *shape: int) -> Tensor:
         """A stream state buffer (float32 zeros, cleared again by ``reset``)."""
         t = torch.zeros(*shape)
         self._state.append(t)
-        return self._ptr(t)
+        self._keep.append(t)
+        return t
 
     def _f32(self, t: Tensor) -> int:
         return self._ptr(t.detach().to(torch.float32))
@@ -231,10 +234,11 @@ class FrameEngine:
         cb = []
         for b in blocks:
             w = b.dwconv.conv.weight.detach().float()[:, 0]  # [C, k]
+            self._hist.append(self._zeros(b.dwconv.kernel_span - 1, width))
             cb.append(_Block(dw_w=self._ptr(w.t()), dw_b=self._f32(b.dwconv.conv.bias),
                              ln_w=self._f32(b.norm.weight), ln_b=self._f32(b.norm.bias),
                              fc1=self._nn_linear(b.fc1), fc2=self._nn_linear(b.fc2), gamma=self._f32(b.gamma),
-                             hist=self._zeros(b.dwconv.kernel_span - 1, width), pos=0))
+                             hist=self._hist[-1].data_ptr(), pos=0))
         block_array = (_Block * max(1, len(cb)))(*cb)
         self._keep.append(block_array)
         stages = model.quantizer.stages
@@ -248,11 +252,11 @@ class FrameEngine:
         # Every buffer frame_engine.c carves out of the scratch, for a group of G frames (a superset).
         g = self._lib.codec_group_frames()
         scratch = g * (8 * bins + 5 * width + 2 * mlp * width + 7 * latent + 2 * kmax) + 3 * kmax + 4 * n + 4096
-        netc = _Net(hop=h, width=width, latent=latent, n_blocks=len(cb), kernel=kernel, mlp=mlp,
+        netc = _Net(hop=h, width=width, latent=latent, n_blocks=len(cb), kernel=kernel,
                     n_stages=len(stages), ln_eps=float(net.norm.eps), blocks=block_array,
                     ln_w=self._f32(net.norm.weight), ln_b=self._f32(net.norm.bias),
                     window=self._f32(torch.hann_window(n, periodic=True)), twiddle=self._ptr(twiddle),
-                    samples=self._zeros(h), lat_hist=self._zeros(2, latent),
+                    samples=self._samples.data_ptr(), lat_hist=self._lat.data_ptr(),
                     sizes=self._ptr(torch.tensor([t[0].shape[0] for t in tables], dtype=torch.int32)),
                     scratch=self._ptr(torch.zeros(scratch)))
         table_ptrs = (c_void_p * len(tables))(*[self._f32(t[1]) for t in tables])
@@ -262,7 +266,8 @@ class FrameEngine:
             netc.inp = self._nn_linear(net.inp)
             netc.out = self._nn_linear(net.out)
             pre = (_Linear * len(tables))(*[self._prefilter(book) for book, _ in tables])
-            e2 = (c_void_p * len(tables))(*[self._f32((book * book).sum(dim=1)) for book, _ in tables])
+            # the squared norms PyTorch's fp32 search uses, the same floats
+            e2 = (c_void_p * len(tables))(*[self._ptr(codebook_norms(book, torch.float32)[1][0]) for book, _ in tables])
             self._keep += [pre, e2]
             netc.prefilter = ctypes.cast(pre, POINTER(_Linear))
             netc.e2 = ctypes.cast(e2, POINTER(c_void_p))

@@ -46,7 +46,7 @@ typedef struct {
 
 typedef struct {
     int32_t hop, width, latent, n_blocks;
-    int32_t kernel, mlp, n_stages, pad_;
+    int32_t kernel, n_stages;
     float ln_eps, pad2_;
     Linear inp;                    /* encoder: features -> width; decoder: [z_{t-2} z_{t-1} z_t] -> width */
     Block *blocks;
@@ -413,8 +413,6 @@ static void search_rows(const Net *net, float *z, int R, int n_q, int64_t *codes
  * For tests: ``exhaustive`` = 1 scores every codeword exactly. Returns 0 or -1. */
 int codec_search(Net *net, float *z, int R, int n_q, int64_t *codes, int exhaustive) {
     if (!check_net(net) || n_q < 1 || n_q > net->n_stages || !net->prefilter) return -1;
-    int kmax = 0;
-    for (int s = 0; s < net->n_stages; s++) kmax = net->sizes[s] > kmax ? net->sizes[s] : kmax;
     for (int r0 = 0; r0 < R; r0 += GROUP) {
         const int n = R - r0 < GROUP ? R - r0 : GROUP;
         search_rows(net, z + (size_t)r0 * net->latent, n, n_q, codes + r0, R, net->scratch, exhaustive);
