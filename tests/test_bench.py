@@ -51,15 +51,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
 
 
 def test_bench_smoke_convnext_has_int8_rows(tmp_path: Path) -> None:
-    from codec.nn.frame_linear import int8_available
-
     bench = _bench()
     res = bench.main(["--quick", "--recipe", str(REPO / "recipes" / "tiny_convnext.yaml"), "--threads", "1",
                       "--chunks", "320", "--no-encodec", "--no-memory", "--no-train"])
     r = res["threads"]["1"]
-    assert res["int8"] == int8_available()
-    if res["int8"]:
-        assert r["stream_encode_20ms_int8"] > 0 and r["stream_decode_20ms_int8"] > 0
-        assert res["flatness_int8"]["chunks"] == 100
+    assert res["int8"]
+    assert r["stream_encode_20ms_int8"] > 0 and r["stream_decode_20ms_int8"] > 0
+    assert res["flatness_int8"]["chunks"] == 100
     f = res["flatness"]
     assert f["median_ratio"] == f["last_median_ms"] / f["first_median_ms"]

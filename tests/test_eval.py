@@ -223,10 +223,6 @@ def test_int8_system_scores_the_int8_model(tmp_path, one_thread):
     ``Codec.int8`` on (ConvNeXt layers; the int8 weights change its codes)."""
     from codec.config import deep_merge, load_recipe
     from codec.eval.evaluate import load_systems
-    from codec.nn.frame_linear import int8_available
-
-    if not int8_available():
-        pytest.skip("torch lacks _weight_int8pack_mm")
     torch.manual_seed(0)
     recipe = deep_merge(load_recipe(REPO / "recipes" / "tiny_convnext.yaml"), {"model": {"quantizer": {"kind": "ema"}}})
     model = Codec.from_config(recipe)

@@ -58,7 +58,6 @@ if str(REPO) not in sys.path:
 from codec import Codec
 from codec.nn import native
 from codec.nn.conv import CausalConv1d
-from codec.nn.frame_linear import int8_available
 from codec.nn.native.engine import unsupported
 
 ALL = "all"
@@ -406,7 +405,7 @@ def _run(args: argparse.Namespace) -> dict:
         res["macs"]["encodec"] = encodec_macs(enc)
 
     # int8 weights (Codec.int8) only change the ConvNeXt layers' linear products.
-    int8 = int8_available() and not args.no_int8 and any(isinstance(m, nn.Linear) for m in model.encoder.modules())
+    int8 = not args.no_int8 and any(isinstance(m, nn.Linear) for m in model.encoder.modules())
     res["int8"] = int8
     res["native"] = native.load() is not None and unsupported(model, "encoder") is None
     res["threads"] = {}

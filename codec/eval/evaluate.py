@@ -89,10 +89,6 @@ def load_systems(model_dirs: Sequence[str], stages: Sequence[int], entropy: bool
             warn(f"{name} has {model.num_stages} stages; skipping --stages {skipped} for it")
         systems.append(System(name, "codec", fits, str(Path(model_dir).resolve()), entropy))
         if int8:
-            from codec.nn.frame_linear import int8_available
-
-            if not int8_available():
-                raise EvalError("--int8: this PyTorch lacks the int8 weight-only kernel (torch._weight_int8pack_mm)")
             systems.append(System(name + INT8_SUFFIX, "codec", fits, str(Path(model_dir).resolve()), False, True))
     return systems
 

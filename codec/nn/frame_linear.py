@@ -9,8 +9,13 @@ arithmetic speed. Two things cut the bytes and the time:
   copy [in, out], the layout BLAS's matrix-vector kernel streams fastest (~1.5x faster than
   ``F.linear`` on a 384 x 768 layer here). Same values up to the summation order.
 - int8 (``set_int8``, opt-in): weight-only int8 with one fp32-derived scale per output channel,
-  activations in bfloat16 (PyTorch's ``_weight_int8pack_mm``, the kernel torchao uses for int8
-  weight-only CPU inference): 4x fewer bytes per frame. It applies to every call without
+  activations and outputs rounded to bfloat16: ``y = bias + bf16(bf16(x) @ q^T * scale)`` with a
+  float32 accumulation. Here it is computed with public float32 operators (the int8 weights are
+  widened per call), so it gives the int8 numbers, not int8 speed: its speed is the native frame
+  engine's, which reads the int8 bytes (4x fewer per frame) and rounds the same way. PyTorch's
+  private ``torch._weight_int8pack_mm`` is deliberately not used: its kernels crash for more
+  than one row unless the inner size is a multiple of their vector width (16 on AVX-512, where
+  8 sufficed on AVX2), a contract no public document states. It applies to every call without
   autograd (offline too, so a stream still matches its offline result); training never sees it.
 
 Float64 inputs (the codec's exact path) and autograd always take plain ``F.linear``.
@@ -26,22 +31,11 @@ from torch.nn import functional as F
 #: At most this many rows (frames x batch) take the cached matrix-vector layout; above it the
 #: product is a matrix-matrix one and ``F.linear``'s GEMM is faster.
 FRAME_ROWS = 4
-#: The int8 kernel's inner dimension must be a multiple of this for more than one row
-#: (PyTorch 2.13 crashes otherwise); weights and inputs are zero-padded to it.
-_INT8_K_MULTIPLE = 8
-
-
-def int8_available() -> bool:
-    """Whether this PyTorch has the int8 weight-only matmul kernel."""
-    return hasattr(torch, "_weight_int8pack_mm")
 
 
 def set_int8(module: nn.Module, on: bool) -> None:
     """Switch int8 weight-only inference on or off for every nn.Linear inside ``module``
-    that goes through ``linear`` (cached weights are rebuilt on the next call).
-    Raises RuntimeError if ``on`` and this PyTorch lacks the kernel."""
-    if on and not int8_available():
-        raise RuntimeError(f"int8 inference needs torch._weight_int8pack_mm, missing in torch {torch.__version__}")
+    that goes through ``linear`` (cached weights are rebuilt on the next call)."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             m.__dict__["_int8"] = on
@@ -49,20 +43,18 @@ def set_int8(module: nn.Module, on: bool) -> None:
 
 
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-output-channel symmetric int8: weight float [out, in] -> (int8 [out, in'],
-    scale float32 [out]) with in' = in rounded up to a multiple of 8 (zero columns) and
-    weight ~ q * scale (error at most scale / 2 per entry)."""
+    """Per-output-channel symmetric int8: weight float [out, in] -> (int8 [out, in],
+    scale float32 [out]) with weight ~ q * scale (error at most scale / 2 per entry)."""
     w = weight.detach().float()
     scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    pad = (-w.shape[1]) % _INT8_K_MULTIPLE
-    return (F.pad(q, (0, pad)) if pad else q).contiguous(), scale
+    return q.contiguous(), scale
 
 
 def _cache(layer: nn.Linear, int8: bool) -> tuple:
     """The layer's inference weights, rebuilt when its parameters change (storage and
     version counter, as the codebook caches): fp32 -> (Wt [in, out], bias [out]); int8 ->
-    (q [out, in'], scale bf16 [out], bias fp32 [out], pad)."""
+    (q [out, in] int8, scale [out] float32 holding bfloat16 values, bias [out] float32)."""
     w, b = layer.weight, layer.bias
     key = (int8, w.data_ptr(), w._version) + ((b.data_ptr(), b._version) if b is not None else ())
     cached = layer.__dict__.get("_frame_cache")
@@ -71,7 +63,7 @@ def _cache(layer: nn.Linear, int8: bool) -> tuple:
     bias = (b.detach().float() if b is not None else torch.zeros(w.shape[0], device=w.device)).contiguous()
     if int8:
         q, scale = quantize_int8(w)
-        value = (q, scale.to(torch.bfloat16), bias, q.shape[1] - w.shape[1])
+        value = (q, scale.to(torch.bfloat16).float(), bias)
     else:
         value = (w.detach().float().t().contiguous(), bias)
     layer.__dict__["_frame_cache"] = (key, value)
@@ -96,10 +88,10 @@ def linear(layer: nn.Linear, x: Tensor) -> Tensor:
             if cache is not None:
                 x2 = x.reshape(rows, layer.in_features)
                 if int8:
-                    q, scale, bias, pad = cache
-                    xb = (F.pad(x2, (0, pad)) if pad else x2).to(torch.bfloat16)
-                    # fp32 bias + bf16 product promotes to fp32 in one op (each op costs ~5 us here)
-                    y = torch.add(bias, torch._weight_int8pack_mm(xb.contiguous(), q, scale))
+                    q, scale, bias = cache
+                    xb = x2.to(torch.bfloat16).float()
+                    acc = torch.mm(xb, q.t().float()).mul_(scale)
+                    y = torch.add(bias, acc.to(torch.bfloat16))  # fp32 + bf16 promotes to fp32
                 else:
                     wt, bias = cache
                     y = torch.addmm(bias, x2, wt)
