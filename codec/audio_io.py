@@ -8,6 +8,7 @@ All failures surface as ``AudioError`` with a one-line message.
 from __future__ import annotations
 
 import io
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -39,13 +40,23 @@ def _open_input(path: str) -> tuple[object, str]:
         seekable = stdin.seekable()
     except (OSError, ValueError):
         seekable = False
-    return (stdin if seekable else io.BytesIO(stdin.read())), "<stdin>"
+    if seekable:
+        start = stdin.tell()
+        empty = stdin.seek(0, io.SEEK_END) == start
+        stdin.seek(start)
+    else:
+        stdin = io.BytesIO(stdin.read())
+        empty = not stdin.getbuffer().nbytes
+    if empty:
+        raise AudioError("<stdin>: no input (0 bytes)")
+    return stdin, "<stdin>"
 
 
 class AudioReader:
     """An open input file. Attributes: sample_rate (Hz), channels, name.
 
     Use as a context manager; ``blocks(rate)`` yields float32 [L] mono blocks at ``rate``.
+    ``duration_s``: the length in seconds where the format states it, else None.
     """
 
     def __init__(self, path: str) -> None:
@@ -58,6 +69,8 @@ class AudioReader:
             raise AudioError(f"{self.name}: cannot read ({e.strerror or e})") from None
         self.sample_rate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
+        frames = int(self._file.frames)
+        self.duration_s = frames / self.sample_rate if 0 < frames < 1 << 62 else None
 
     def __enter__(self) -> AudioReader:  # noqa: PYI034
         return self
@@ -99,14 +112,23 @@ def read_audio(path: str, rate: int) -> np.ndarray:
 
 
 def _reason(e: Exception) -> str:
+    """libsndfile's reason, without its 'Error opening <object repr>: ' prefix."""
     text = str(e).strip().splitlines()
-    return text[-1] if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    return re.sub(r"^Error opening .*?: ", "", text[-1])
 
 
 def output_format(path: str) -> str:
-    """soundfile format name from the extension (WAV when unknown or '-')."""
-    ext = Path(path).suffix.lstrip(".").upper()
-    return ext if ext and ext in sf.available_formats() else "WAV"
+    """soundfile format name from the extension: WAV for '-' or a name without one;
+    AudioError for an extension soundfile cannot write."""
+    ext = Path(path).suffix.lstrip(".").upper() if path != "-" else ""
+    if not ext:
+        return "WAV"
+    if ext not in sf.available_formats():
+        known = ", ".join("." + f.lower() for f in ("WAV", "FLAC", "OGG", "AIFF"))
+        raise AudioError(f"{path}: unknown audio format .{ext.lower()} (use {known}, ...; - writes WAV to stdout)")
+    return ext
 
 
 def write_audio(path: str, blocks: Iterable[np.ndarray], rate: int, subtype: str | None = None) -> int:

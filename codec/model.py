@@ -244,6 +244,7 @@ class Codec(nn.Module):
         ties snapped (``codec.quant.search.nearest``): streamed codes then equal offline codes
         bit for bit, at about 1.7x the encode time.
         """
+        _check_tensor(wav, "wav", "float audio [B, 1, T]")
         dtype = self.encode_dtype
         if self._stream_samples is None:
             with parametrize.cached():
@@ -284,6 +285,7 @@ class Codec(nn.Module):
 
         Inside ``streaming()`` frames may come in any grouping, one at a time included.
         """
+        _check_tensor(codes, "codes", "int64 codes [B, n, F]")
         if codes.dim() != 3:
             raise ValueError(f"expected codes of shape [B, n, F], got {tuple(codes.shape)}")
         if codes.shape[-1] == 0:
@@ -380,3 +382,12 @@ class Codec(nn.Module):
             counts=q.counts,
             n_q=q.n_q,
         )
+
+
+def _check_tensor(x: object, name: str, what: str) -> None:
+    """TypeError naming the expected input unless ``x`` is a torch.Tensor (a NumPy array
+    included: convert it with torch.from_numpy)."""
+    if not isinstance(x, Tensor):
+        hint = "; convert it with torch.from_numpy(...)" if type(x).__module__.startswith("numpy") else ""
+        raise TypeError(f"{name} must be a torch.Tensor of {what}, got {type(x).__name__}{hint}")
+

@@ -160,7 +160,7 @@ def make_case(env: dict, case: str) -> tuple[list[str], bytes | None, str]:
     if case == "model_dir_not_a_model":
         return ["encode", speech, str(root / "out.rvq"), "--model", str(root)], None, "cannot load model"
     if case == "output_dir_missing":
-        return ["encode", speech, str(root / "no" / "out.rvq"), "--model", m], None, "No such file"
+        return ["encode", speech, str(root / "no" / "out.rvq"), "--model", m], None, "no/out.rvq: the folder"
     if case == "decode_missing":
         return dec(root / "nope.rvq"), None, "no such file"
     if case == "decode_empty":

@@ -16,9 +16,10 @@ from conftest import REPO, one_error_line, tiny_model
 
 from codec import Codec, pretrained
 from codec.bitstream.container import parse
-from codec.cli import _shipped_names_to_dirs, main
+from codec.cli import main
+from codec.cli.demo import SAMPLE, SAMPLE_ID
+from codec.cli.eval import shipped_names_to_dirs
 from codec.config import ConfigError
-from codec.demo import SAMPLE, SAMPLE_ID
 
 DEFAULT, OTHER = "tiny16k", "other"
 
@@ -145,7 +146,7 @@ def test_unknown_model_name_lists_shipped(shipped, tmp_path, capsys):
 
 def test_eval_takes_shipped_names(shipped, tmp_path):
     trained = str(shipped["root"] / "trained")
-    assert _shipped_names_to_dirs([OTHER, trained, "nosuch"]) == [
+    assert shipped_names_to_dirs([OTHER, trained, "nosuch"]) == [
         str(shipped["root"] / "pretrained" / OTHER), trained, "nosuch"]
 
 

@@ -9,7 +9,7 @@ import soundfile as sf
 
 from codec import Codec
 from codec.bitstream.priors import Priors
-from codec.demo import SAMPLE, run_demo
+from codec.cli.demo import SAMPLE, run_demo
 from codec.eval.metrics import score
 from codec.pretrained import DEFAULT_MODEL, list_models, resolve
 

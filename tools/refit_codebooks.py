@@ -53,7 +53,7 @@ def parse_stages(text: str) -> list[int]:
 
 
 def load(model: str) -> tuple[Codec, Path]:
-    from codec.cli import CLIError, resolve_model
+    from codec.cli.common import CLIError, resolve_model
 
     try:
         path = resolve_model(model)

@@ -13,24 +13,33 @@ from typing import BinaryIO
 
 @contextlib.contextmanager
 def atomic_output(path: str) -> Iterator[BinaryIO]:
-    """Yield a binary file; on normal exit it becomes ``path`` ('-' = copied to stdout).
+    """Yield a binary file (readable and seekable too); on normal exit it becomes ``path``
+    ('-' = copied to stdout).
 
     The temporary file lives in the destination folder (same filesystem, so the final
-    ``os.replace`` is atomic), or in $TMPDIR for stdout. On any exception it is deleted and
-    nothing reaches the destination.
+    ``os.replace`` is atomic), or in $TMPDIR for stdout, and is made on entry, so a folder
+    that cannot be written fails before any work. On any exception (a signal the caller turns
+    into one included) it is deleted and nothing reaches the destination. OSErrors about the
+    temporary file name ``path`` instead, the file the user asked for.
     """
     folder = None if path == "-" else os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".codec-", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".codec-", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:
             yield f
         if path == "-":
             with open(tmp, "rb") as src:
                 shutil.copyfileobj(src, sys.stdout.buffer)
             sys.stdout.buffer.flush()
         else:
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise OSError(e.errno, e.strerror, path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

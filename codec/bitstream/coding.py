@@ -16,9 +16,17 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from codec.bitstream.container import DEFAULT_BLOCK_FRAMES, BitstreamWriter, Parsed, decode_codes
+from codec.bitstream.container import (
+    DEFAULT_BLOCK_FRAMES,
+    BitstreamWriter,
+    Parsed,
+    decode_codes,
+    parse,
+    write_file,
+)
 from codec.bitstream.errors import BitstreamError
-from codec.bitstream.header import MODE_FIXED, MODE_RANGE, Header
+from codec.bitstream.header import MODE_FIXED, MODE_RANGE, TRAILER_SIZE, Header
+from codec.bitstream.packing import packed_size
 from codec.bitstream.priors import Priors
 
 DECODE_BLOCK_FRAMES = 3000  # 60 s at 50 frames/s
@@ -69,6 +77,31 @@ def encode_stream(model, blocks: Iterable[np.ndarray], out: BinaryIO, header: He
         writer.write(model.flush(n_q=n_q)[0].cpu().numpy())
     size = writer.finish(num_samples)
     return EncodeResult(num_samples, writer.num_frames, size)
+
+
+def fixed_width_if_smaller(f: BinaryIO, result: EncodeResult, priors: Priors) -> EncodeResult | None:
+    """Rewrite a range-coded file fixed-width when that is smaller.
+
+    ``f``: a readable, seekable file holding exactly the file ``encode_stream`` just wrote (a
+    range-coded one, ``result`` its sizes). Range coding can lose to fixed-width packing on audio
+    unlike the priors' data (the record length fields and each record's final word cost too).
+    Returns the fixed-width file's EncodeResult after rewriting ``f`` in place, or None when the
+    range-coded file is the smaller one (``f`` untouched).
+    """
+    f.flush()
+    f.seek(0)
+    parsed = parse(f.read())
+    h, t = parsed.header, parsed.trailer
+    fixed_size = h.size + packed_size(t.num_frames, h.bit_widths) + TRAILER_SIZE
+    if h.mode != MODE_RANGE or result.file_size <= fixed_size:
+        f.seek(0, 2)
+        return None
+    codes = decode_codes(parsed, priors)
+    f.seek(0)
+    f.truncate()
+    size = write_file(f, Header(MODE_FIXED, h.sample_rate, h.hop_length, h.codebook_sizes, h.fingerprint), codes,
+                      t.num_samples)
+    return EncodeResult(result.num_samples, result.num_frames, size)
 
 
 def decode_blocks(model, parsed: Parsed, priors: Priors | None = None,

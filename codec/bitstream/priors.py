@@ -98,6 +98,9 @@ class Priors:
         return total
 
     def save(self, model_dir: str | Path) -> Path:
+        """Write ``model_dir/priors.json`` (all or nothing; an existing one is replaced); returns its path."""
+        from codec.bitstream.atomic import atomic_output
+
         path = Path(model_dir) / PRIORS_FILE
         doc = {
             "fingerprint": self.fingerprint.hex(),
@@ -105,7 +108,8 @@ class Priors:
             "num_frames": self.num_frames,
             "freqs": [f.tolist() for f in self.freqs],
         }
-        path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+        with atomic_output(str(path)) as f:
+            f.write((json.dumps(doc, separators=(",", ":")) + "\n").encode())
         return path
 
     @classmethod

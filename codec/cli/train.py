@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from codec.cli.common import CLIError
+
 DESCRIPTION = """\
 Train a codec from a recipe (YAML: a model section and a train section).
 
@@ -24,7 +26,7 @@ examples:
 """
 
 
-def add_train_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``train`` on the ``codec`` command line."""
     p = sub.add_parser("train", help="train a model from a recipe", description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,11 +41,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="testing aid: each rank writes its final weights and buffers (rank<r>.safetensors) and "
                         "the ids of the utterances it trained on (rank<r>.json) into DIR")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary line")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=run)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from codec.cli import CLIError
+def run(args: argparse.Namespace) -> None:
+    """Train from args.recipe (see the parser)."""
     from codec.config import ConfigError
     from codec.train.data import DataError
     from codec.train.loop import train

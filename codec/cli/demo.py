@@ -14,7 +14,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "samples"
+from codec.cli.common import CLIError, load_model, load_priors, model_help
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "samples"
 SAMPLE_ID = "3080-5032-0003"
 SAMPLE = SAMPLE_DIR / f"{SAMPLE_ID}.flac"
 SAMPLE_CREDIT = "LibriSpeech test-other, (c) 2014 Vassil Panayotov et al., CC BY 4.0"
@@ -31,8 +33,8 @@ header and trailer included) and the nominal one (frame rate x bits per frame), 
 PESQ (ITU-T P.862.2, about 1 to 4.64, higher is better) of the decoded audio against the
 original, and the files written: {sample_id}.rvq and {sample_id}.wav (16-bit WAV) in --out.
 
-Without --model the shipped default model is used; it must be shipped in codec/pretrained/
-(until then, give --model DIR, e.g. a directory from `codec train` or Codec.save_pretrained).
+Without --model the shipped default model is used; --model takes another shipped model's name
+or a model directory (from `codec train` or Codec.save_pretrained).
 """
 
 EPILOG = """\
@@ -59,7 +61,7 @@ class DemoResult:
     pesq: float  # wide-band PESQ of the decoded audio vs the original (NaN if PESQ finds no speech)
     bitstream: Path
     decoded: Path
-    entropy: bool
+    entropy: bool  # the file is range-coded (asked for, and smaller than fixed-width)
 
 
 def _outputs(out: Path) -> tuple[Path, Path]:
@@ -68,8 +70,6 @@ def _outputs(out: Path) -> tuple[Path, Path]:
 
 def _prepare_out(out: str | None, force: bool) -> tuple[Path, bool]:
     """The output folder and whether it was created here; refuses to replace demo files unless ``force``."""
-    from codec.cli import CLIError
-
     if out is None:
         return Path(tempfile.mkdtemp(prefix="codec-demo-")), True
     path = Path(out)
@@ -87,13 +87,12 @@ def run_demo(model: str | None = None, stages: int | None = None, out: str | Non
              entropy: bool = False, force: bool = False) -> DemoResult:
     """Encode the shipped sample with ``model`` (a shipped name or a directory; None: the
     default model) using its first ``stages`` stages (None: all) into ``out`` (None: a fresh
-    temporary folder), decode it, and measure. Raises ``codec.cli.CLIError`` on bad input;
+    temporary folder), decode it, and measure. Raises ``CLIError`` on bad input;
     both output files are written atomically, so nothing half-written is left behind."""
     from codec.audio_io import AudioReader, read_audio, write_audio
     from codec.bitstream.atomic import atomic_output
-    from codec.bitstream.coding import decode_blocks, encode_stream, make_header
+    from codec.bitstream.coding import decode_blocks, encode_stream, fixed_width_if_smaller, make_header
     from codec.bitstream.container import parse
-    from codec.cli import CLIError, _load_priors, load_model
     from codec.eval.metrics import METRIC_RATE, pesq_wb
     from codec.pretrained import shipped_name
 
@@ -103,7 +102,7 @@ def run_demo(model: str | None = None, stages: int | None = None, out: str | Non
     if stages is not None and not 1 <= stages <= loaded.num_stages:
         raise CLIError(f"--stages {stages} out of range 1..{loaded.num_stages}")
     n_q = loaded.num_stages if stages is None else stages
-    priors = _load_priors(model_dir, loaded) if entropy else None
+    priors = load_priors(model_dir, loaded) if entropy else None
     header = make_header(loaded, n_q, priors)
 
     folder, created = _prepare_out(out, force)
@@ -111,6 +110,8 @@ def run_demo(model: str | None = None, stages: int | None = None, out: str | Non
     try:
         with AudioReader(str(SAMPLE)) as reader, atomic_output(str(bitstream)) as f:
             result = encode_stream(loaded, reader.blocks(loaded.sample_rate), f, header, priors)
+            if priors is not None:  # as `codec encode --entropy`: fixed-width where range coding loses
+                result = fixed_width_if_smaller(f, result, priors) or result
         parsed = parse(bitstream.read_bytes())
         write_audio(str(decoded), decode_blocks(loaded, parsed, priors), loaded.sample_rate)
     except BaseException:
@@ -126,7 +127,7 @@ def run_demo(model: str | None = None, stages: int | None = None, out: str | Non
         model=name, model_dir=model_dir, sample=SAMPLE, duration_s=duration, num_stages=n_q,
         total_stages=loaded.num_stages, file_size=result.file_size, bitrate=8 * result.file_size / duration,
         nominal_bitrate=header.nominal_bitrate, pesq=quality, bitstream=bitstream, decoded=decoded,
-        entropy=entropy,
+        entropy=parsed.header.mode != 0,
     )
 
 
@@ -149,10 +150,8 @@ def report(r: DemoResult) -> str:
     return "\n".join(f"{key + ':':<18}{value}" for key, value in rows)
 
 
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``demo`` on the ``codec`` command line."""
-    from codec.cli import model_help
-
     p = sub.add_parser("demo", help="quick start: round-trip the shipped speech sample, print bitrate and PESQ",
                        description=DESCRIPTION.format(sample_id=SAMPLE_ID, credit=SAMPLE_CREDIT), epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,10 +162,10 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR",
                    help="folder for the .rvq and .wav files (created if needed; default: a fresh temporary folder)")
     p.add_argument("--force", action="store_true", help="replace the demo's files if --out already holds them")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=run)
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> None:
     """Run the demo and print its report on stdout."""
     result = run_demo(args.model, args.stages, args.out, args.entropy, args.force)
     print(report(result), flush=True)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from codec.cli.common import CLIError, note, warn
+
 DESCRIPTION = """\
 Rate-quality evaluation of models and of an Opus baseline on a folder of speech.
 
@@ -25,7 +27,7 @@ examples:
 """
 
 
-def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``eval`` on the ``codec`` command line."""
     p = sub.add_parser("eval", help="rate-quality evaluation (PESQ, STOI, ... vs real bitrate) with an Opus baseline",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,17 +51,27 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="use only N files, taken in turn from each top-level folder (speaker) so all are covered")
     p.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: all cores)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (created if needed)")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=run)
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from codec.cli import CLIError, _note, _warn
+def shipped_names_to_dirs(models: list[str]) -> list[str]:
+    """Shipped model names among ``models`` become their directories (existing paths stay)."""
+    from pathlib import Path
+
+    from codec.pretrained import is_name, list_models, resolve
+
+    shipped = set(list_models())
+    return [str(resolve(m)) if is_name(m) and m in shipped and not Path(m).is_dir() else m for m in models]
+
+
+def run(args: argparse.Namespace) -> None:
+    """Evaluate args.models (see the parser)."""
     from codec.eval.evaluate import EvalError, run_evaluation
     from codec.eval.opus import OpusError
 
     try:
         run_evaluation(args.models, args.out, data=args.data, stages=args.stages, opus=args.opus,
-                       entropy=args.entropy, limit=args.limit, jobs=args.jobs, warn=_warn, note=_note,
+                       entropy=args.entropy, limit=args.limit, jobs=args.jobs, warn=warn, note=note,
                        int8=args.int8)
     except (EvalError, OpusError) as e:
         raise CLIError(str(e)) from None

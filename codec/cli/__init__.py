@@ -1,0 +1,134 @@
+"""The ``codec`` command line: encode, decode, info, priors, train, eval, demo.
+
+One module per subcommand (``add_parser`` registers it, ``run`` does it); what they share is
+in ``codec.cli.common``. ``--model NAME|DIR`` takes a shipped model's name (a subdirectory of
+``codec/pretrained/``) or a model directory; without it, encode / decode / demo use the
+shipped default model.
+
+Bad input of any kind ends with one ``codec: error: ...`` line on stderr and exit code 2,
+before any output is made where it can be known in advance. Outputs are written to a
+temporary file and renamed into place only on success; SIGINT, SIGTERM and SIGHUP remove it
+(exit 128 + the signal's number). A reader that closes the pipe (``| head``) ends the run
+quietly, as it ends ``cat`` (exit 141).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import warnings
+from collections.abc import Iterator
+
+from codec.cli import decode, demo, encode, info, priors, train
+from codec.cli import eval as evaluate
+from codec.cli.common import EXIT_BAD_INPUT, CLIError, warn
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+SUBCOMMANDS = (encode, decode, info, priors, train, evaluate, demo)
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE, as cat
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so outputs are cleaned up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rvq-codec")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``codec`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="codec", description="Neural speech codec: compress speech into .rvq bitstreams and back.",
+        epilog="`codec COMMAND --help` explains each command. Quick start: codec demo")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in SUBCOMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """While inside: SIGTERM and SIGHUP raise Terminated in the main thread (restored after)."""
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave the handlers alone
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _warnings_as_notes() -> Iterator[None]:
+    """Python warnings print as one ``codec: warning: ...`` line each (no source line)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda message, *rest, **kw: warn(str(message))
+        yield
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the interpreter's final flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``codec`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from codec.audio_io import AudioError
+    from codec.bitstream.errors import BitstreamError
+
+    try:
+        with _signals_unwind(), _warnings_as_notes():
+            if args.command == "eval":
+                args.models = evaluate.shipped_names_to_dirs(args.models)
+            args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except (CLIError, AudioError, BitstreamError) as e:
+        print(f"codec: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"codec: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("codec: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Terminated as e:
+        print(f"codec: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
+    except Exception as e:
+        if os.environ.get("CODEC_DEBUG"):
+            raise
+        print(f"codec: internal error: {type(e).__name__}: {e} (set CODEC_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+    return 0

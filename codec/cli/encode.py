@@ -1,0 +1,127 @@
+"""``codec encode``: audio -> .rvq bitstream."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+from codec.cli.common import (
+    CLIError,
+    Progress,
+    add_force,
+    check_output,
+    default_model_rates,
+    int_in,
+    load_model,
+    load_priors,
+    model_help,
+    note,
+    parse_bitrate,
+    plural,
+    warn,
+)
+from codec.pretrained import DEFAULT_MODEL
+
+DESCRIPTION = """\
+Compress audio into a .rvq file: any soundfile format, rate and channel count in (downmixed to
+mono, resampled to the model's rate). The output is written in full or not at all, and an
+existing file is replaced only with --force."""
+
+EPILOG = """\
+examples:
+  codec encode speech.flac speech.rvq                  # all stages of the default model
+  codec encode speech.wav speech.rvq --bitrate 3k      # the most stages within 3 kbit/s
+  codec encode speech.wav speech.rvq --entropy         # range coding with the model's priors
+  sox in.mp3 -t wav - | codec encode - - > out.rvq     # stdin to stdout
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``encode`` on the ``codec`` command line."""
+    rates = [r / 1000 for r in default_model_rates()]
+    steps = {round(b - a, 6) for a, b in itertools.pairwise(rates)}
+    step = f" in steps of {steps.pop():g}k" if len(steps) == 1 else ""
+    default = (f" ({rates[0]:g}k to {rates[-1]:g}k{step} with the default model, {DEFAULT_MODEL})" if rates else "")
+    stages = f" ({len(rates)} for the default model)" if rates else ""
+    p = sub.add_parser("encode", help="audio -> .rvq bitstream", description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="audio file (WAV, FLAC, OGG, ...; any rate, any channels) or - for stdin")
+    p.add_argument("output", help=".rvq file or - for stdout")
+    p.add_argument("--model", metavar="NAME|DIR", help=model_help())
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--bitrate", type=parse_bitrate, metavar="RATE",
+                      help="target nominal bitrate, e.g. 3k or 1500: the most stages whose bitrate fits"
+                           + default + "; above the model's highest, all stages"
+                           " (with a note); default: all stages")
+    rate.add_argument("--stages", type=int_in(1), metavar="N",
+                      help=f"number of quantizer stages to use, 1 to the model's count{stages}; default: all")
+    p.add_argument("--entropy", action="store_true",
+                   help="range-code the codes with the model's priors; a file that range coding would make"
+                        " larger is written fixed-width instead (with a note)")
+    p.add_argument("--block-frames", type=int_in(1, 65536), metavar="N",
+                   help="with --entropy: frames per range-coded record, 1..65536 (default 256)")
+    p.add_argument("--exact", action="store_true",
+                   help="encode in float64: the codes equal the model's offline encode bit for bit, whatever "
+                        "the read block size (about 1.7x slower; default float32)")
+    add_force(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    p.set_defaults(func=run)
+
+
+def _stages(args: argparse.Namespace, model) -> int:
+    from codec.bitstream.coding import stages_for_bitrate
+
+    if args.stages is not None:
+        if args.stages > model.num_stages:
+            raise CLIError(f"--stages {args.stages} out of range 1..{model.num_stages}")
+        return args.stages
+    if args.bitrate is None:
+        return model.num_stages
+    try:
+        n_q = stages_for_bitrate(model, args.bitrate)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    top = model.bitrate(model.num_stages)
+    if args.bitrate > top * (1 + 1e-9):
+        note(f"--bitrate {args.bitrate / 1000:g}k is above this model's highest ({top / 1000:g} kbit/s);"
+             f" using all {model.num_stages} stages")
+    return n_q
+
+
+def run(args: argparse.Namespace) -> None:
+    """Encode args.input into args.output (see the parser for the options)."""
+    from codec.audio_io import AudioReader
+    from codec.bitstream.atomic import atomic_output
+    from codec.bitstream.coding import encode_stream, fixed_width_if_smaller, make_header
+    from codec.bitstream.container import DEFAULT_BLOCK_FRAMES
+    from codec.bitstream.packing import packed_size
+
+    if args.block_frames is not None and not args.entropy:
+        raise CLIError("--block-frames applies only with --entropy")
+    check_output(args.output, [args.input], args.force)
+    model, model_dir = load_model(args.model)
+    model.exact = args.exact
+    n_q = _stages(args, model)
+    priors = load_priors(model_dir, model) if args.entropy else None
+    header = make_header(model, n_q, priors, args.block_frames or DEFAULT_BLOCK_FRAMES)
+    with AudioReader(args.input) as reader:
+        if reader.channels > 1:
+            warn(f"{reader.name} has {reader.channels} channels; downmixed to mono")
+        total = reader.duration_s
+        with atomic_output(args.output) as out, Progress(total, "encode") as bar:
+            blocks = bar.counted(reader.blocks(model.sample_rate), lambda b: len(b) / model.sample_rate)
+            result = encode_stream(model, blocks, out, header, priors)
+            fallback = fixed_width_if_smaller(out, result, priors) if priors is not None else None
+    final = fallback or result
+    seconds = final.num_samples / model.sample_rate
+    msg = (f"{plural(final.num_frames, 'frame')} x {plural(n_q, 'stage')}, {final.file_size} bytes,"
+           f" {8 * final.file_size / seconds:.1f} bit/s (nominal {header.nominal_bitrate:.1f})")
+    if fallback is not None:
+        msg += (f"; range coding would have made it larger ({result.file_size} bytes), so it is written"
+                " fixed-width")
+    elif priors is not None:
+        fixed = packed_size(result.num_frames, header.bit_widths)
+        payload = result.file_size - header.size - 16
+        msg += f"; range coding saved {100 * (1 - payload / fixed):.1f}% of the fixed-width payload"
+    if not args.quiet:
+        note(msg)
