@@ -178,6 +178,8 @@ def run_evaluation(models: Sequence[str], out: str | Path, data: str | Path | No
     plots.rate_quality(paths["rate_quality.png"], points, OPUS_NAME)
     plots.codebooks(paths["codebooks.png"], codebooks)
     paths["codebooks.csv"] = out / "codebooks.csv"
-    note(f"evaluated {len(systems)} systems on {len(files)} utterances in {time.monotonic() - start:.0f} s;"
+    counts = (f"{len(systems)} system{'s' * (len(systems) != 1)} on {len(files)}"
+              f" utterance{'s' * (len(files) != 1)}")
+    note(f"evaluated {counts} in {time.monotonic() - start:.0f} s;"
          f" wrote {', '.join(paths)} to {out}")
     return paths
