@@ -15,12 +15,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from codec.config import ConfigError, ModelConfig, load_recipe
+from codec.config import ModelConfig
 from codec.nn.convnext import ConvNeXtDecoder, ConvNeXtEncoder
 from codec.nn.frame_linear import set_int8
 from codec.nn.seanet import Decoder, Encoder
 from codec.nn.streaming import set_streaming
 from codec.quant.residual import ResidualQuantizer
+from codec.recipe import ConfigError, load_recipe
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -123,8 +124,7 @@ class Codec(nn.Module):
     def training_state_keys(self) -> list[str]:
         """State-dict keys of buffers that only training reads (EMA statistics, usage windows,
         restart counters: each module's ``TRAINING_STATE``); encode and decode never do."""
-        return [f"{name}.{b}" if name else b for name, m in self.named_modules()
-                for b in getattr(m, "TRAINING_STATE", ())]
+        return [f"quantizer.{key}" for key in self.quantizer.training_state_keys()]
 
     def save_pretrained(self, directory: str | Path, training_state: bool = True) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``.

@@ -10,10 +10,12 @@ import soundfile as sf
 import torch
 
 from codec import Codec
-from codec.config import deep_merge, load_recipe
+from codec.quant import QUANTIZER_KINDS
+from codec.recipe import deep_merge, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ["ste", "ema", "simvq", "diveq", "sf_diveq"]
+#: Every registered quantizer kind (the registry is the one list of them).
+KINDS = list(QUANTIZER_KINDS)
 
 
 def data_root() -> Path:

@@ -7,9 +7,9 @@ import torch
 from conftest import REPO, speech
 
 from codec import Codec
-from codec.config import ConfigError, deep_merge, load_recipe
 from codec.nn.conv import CausalConv1d
 from codec.nn.stft import CausalISTFT, CausalSTFT
+from codec.recipe import ConfigError, deep_merge, load_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HOP = 320

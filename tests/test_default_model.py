@@ -19,7 +19,7 @@ from codec.bitstream.container import parse
 from codec.cli import main
 from codec.cli.demo import SAMPLE, SAMPLE_ID
 from codec.cli.eval import shipped_names_to_dirs
-from codec.config import ConfigError
+from codec.recipe import ConfigError
 
 DEFAULT, OTHER = "tiny16k", "other"
 

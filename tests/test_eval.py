@@ -221,8 +221,8 @@ def test_limit_spreads_over_speakers(tmp_path: Path) -> None:
 def test_int8_system_scores_the_int8_model(tmp_path, one_thread):
     """``codec eval --int8`` adds MODEL+int8, whose files are what the model writes with
     ``Codec.int8`` on (ConvNeXt layers; the int8 weights change its codes)."""
-    from codec.config import deep_merge, load_recipe
     from codec.eval.evaluate import load_systems
+    from codec.recipe import deep_merge, load_recipe
     torch.manual_seed(0)
     recipe = deep_merge(load_recipe(REPO / "recipes" / "tiny_convnext.yaml"), {"model": {"quantizer": {"kind": "ema"}}})
     model = Codec.from_config(recipe)

@@ -11,9 +11,9 @@ import torch
 from conftest import REPO, speech
 
 from codec import Codec
-from codec.config import deep_merge, load_recipe
 from codec.nn import native
 from codec.nn.native.engine import TILE, FrameEngine, pack_tiles, unsupported
+from codec.recipe import deep_merge, load_recipe
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(native.load() is None, reason="no C compiler: the engine cannot be built")]

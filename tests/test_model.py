@@ -9,8 +9,8 @@ import torch
 from conftest import KINDS, REPO, speech, tiny_model, tiny_recipe
 
 from codec import Codec
-from codec.config import ConfigError, deep_merge, load_recipe
 from codec.model import CONFIG_NAME, WEIGHTS_NAME
+from codec.recipe import ConfigError, deep_merge, load_recipe
 
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
 HOP = 320

@@ -6,16 +6,12 @@ import math
 import pytest
 import torch
 
-from codec.quant import (
-    QUANTIZER_KINDS,
-    DiVeQQuantizer,
-    EMAQuantizer,
-    SFDiVeQQuantizer,
-    SimVQQuantizer,
-    STEQuantizer,
-    build_quantizer,
-)
-from codec.quant.sf_diveq import chunk_means
+from codec.quant import QUANTIZER_KINDS, build_quantizer
+from codec.quant.kinds.diveq import DiVeQQuantizer
+from codec.quant.kinds.ema import EMAQuantizer
+from codec.quant.kinds.sf_diveq import SFDiVeQQuantizer, chunk_means
+from codec.quant.kinds.simvq import SimVQQuantizer
+from codec.quant.kinds.ste import STEQuantizer
 from codec.quant.stats import code_counts, perplexity, utilisation
 
 DIM, K = 8, 32

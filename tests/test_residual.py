@@ -8,9 +8,12 @@ import pytest
 import torch
 from conftest import REPO, speech, tiny_model, tiny_recipe
 
-from codec.config import ModelConfig, QuantizerConfig, load_recipe
-from codec.quant import EMAQuantizer, SimVQQuantizer
+from codec.config import ModelConfig
+from codec.quant.config import QuantizerConfig
+from codec.quant.kinds.ema import EMAQuantizer
+from codec.quant.kinds.simvq import SimVQQuantizer
 from codec.quant.residual import ResidualQuantizer
+from codec.recipe import load_recipe
 
 D, K, N = 16, 64, 4
 # The per-kind options of recipes/tiny.yaml (which extends base.yaml), so stacks built here

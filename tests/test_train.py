@@ -10,7 +10,7 @@ import torch
 from conftest import data_root, speech
 
 from codec.cli import main
-from codec.config import ConfigError
+from codec.recipe import ConfigError
 from codec.train.checkpoint import STATE_FILE, latest_checkpoint, remove_partial
 from codec.train.config import load_training_recipe, parse_overrides
 from codec.train.data import (

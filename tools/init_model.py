@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from codec import Codec
-    from codec.config import ConfigError
+    from codec.recipe import ConfigError
 
     torch.manual_seed(args.seed)
     try:

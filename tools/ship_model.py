@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from codec import pretrained
-from codec.config import ConfigError
 from codec.model import Codec
+from codec.recipe import ConfigError
 
 
 def ship(source: Path, name: str) -> Path:

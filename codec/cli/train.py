@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Train from args.recipe (see the parser)."""
-    from codec.config import ConfigError
+    from codec.recipe import ConfigError
     from codec.train.data import DataError
     from codec.train.loop import train
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from codec.config import ConfigError
+from codec.recipe import ConfigError
 
 __all__ = ["DEFAULT_MODEL", "PRETRAINED_ROOT", "ModelNotFoundError", "is_name", "list_models", "resolve",
            "shipped_name"]

@@ -1,4 +1,5 @@
-"""Quantizer kinds and a builder that makes one from a config entry.
+"""Quantizer kinds (``QUANTIZER_KINDS``: every module of ``codec/quant/kinds/``) and a builder
+that makes one from a config entry.
 
     build_quantizer("ema", dim=8, codebook_size=1024, decay=0.99)
 """
@@ -7,21 +8,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from codec.quant.base import Quantizer, QuantizerOutput
-from codec.quant.diveq import DiVeQQuantizer
-from codec.quant.ema import EMAQuantizer
-from codec.quant.sf_diveq import SFDiVeQQuantizer
-from codec.quant.simvq import SimVQQuantizer
-from codec.quant.ste import STEQuantizer
-
-#: Config name -> class. "sf-diveq" is accepted as a spelling of "sf_diveq".
-QUANTIZER_KINDS: dict[str, type[Quantizer]] = {
-    "ste": STEQuantizer,
-    "ema": EMAQuantizer,
-    "simvq": SimVQQuantizer,
-    "diveq": DiVeQQuantizer,
-    "sf_diveq": SFDiVeQQuantizer,
-}
+import codec.quant.kinds  # noqa: F401 - registers every kind
+from codec.quant.base import QUANTIZER_KINDS, Quantizer, QuantizerOutput
 
 
 def quantizer_options(kind: str) -> list[str]:
@@ -47,15 +35,4 @@ def build_quantizer(kind: str, dim: int, codebook_size: int, **options: Any) -> 
     return QUANTIZER_KINDS[key](dim, codebook_size, **options)
 
 
-__all__ = [
-    "QUANTIZER_KINDS",
-    "DiVeQQuantizer",
-    "EMAQuantizer",
-    "Quantizer",
-    "QuantizerOutput",
-    "SFDiVeQQuantizer",
-    "STEQuantizer",
-    "SimVQQuantizer",
-    "build_quantizer",
-    "quantizer_options",
-]
+__all__ = ["QUANTIZER_KINDS", "Quantizer", "QuantizerOutput", "build_quantizer", "quantizer_options"]

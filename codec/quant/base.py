@@ -42,9 +42,17 @@ class Quantizer(nn.Module):
     no noise, no state change, so ``decode(encode(x))`` equals the eval-mode forward exactly.
     """
 
+    #: The name recipes use for this kind (set by ``register_kind``).
+    kind: str = ""
     #: True for kinds whose codeword should keep its Parameter gradient when the residual stack
     #: builds one global DiVeQ over the total (QUANTIZERS.md section 7).
     differentiable_codeword: bool = False
+    #: Noise std of the kind's directional steps; the stack's global DiVeQ step over the total
+    #: uses the largest of its stages' (0: noise-free).
+    sigma: float = 0.0
+    #: Names of buffers only training reads (running statistics, restart counters):
+    #: ``Codec.save_pretrained(training_state=False)`` leaves them out.
+    TRAINING_STATE: tuple[str, ...] = ()
 
     def __init__(self, dim: int, codebook_size: int, cosine_search: bool = False) -> None:
         super().__init__()
@@ -125,6 +133,11 @@ class Quantizer(nn.Module):
             raise ValueError(f"{type(self).__name__}: the codebook is computed, not stored")
         target.copy_(book)
 
+    def dead_count(self) -> int | None:
+        """Codes the kind itself counts as dead (EMA: running cluster size below its
+        threshold), or None for kinds without such a statistic."""
+        return None
+
     def eval_output(self, x: Tensor) -> QuantizerOutput:
         """The inference contract: index and exact lookup, no noise, no state change."""
         with torch.no_grad():
@@ -144,6 +157,24 @@ class Quantizer(nn.Module):
     def extra_repr(self) -> str:
         extra = ", cosine_search=True" if self.cosine_search else ""
         return f"dim={self.dim}, codebook_size={self.codebook_size}{extra}"
+
+
+#: Recipe name -> class, filled by ``register_kind`` when ``codec.quant.kinds`` imports the
+#: kinds' modules (one file per kind).
+QUANTIZER_KINDS: dict[str, type[Quantizer]] = {}
+
+
+def register_kind(name: str):
+    """Class decorator: make a Quantizer subclass the kind ``name`` of the recipes."""
+
+    def register(cls: type[Quantizer]) -> type[Quantizer]:
+        if name in QUANTIZER_KINDS and QUANTIZER_KINDS[name] is not cls:
+            raise ValueError(f"quantizer kind {name!r} is registered twice")
+        cls.kind = name
+        QUANTIZER_KINDS[name] = cls
+        return cls
+
+    return register
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from codec.config import QuantizerConfig, StageConfig
 from codec.quant import build_quantizer
+from codec.quant.config import QuantizerConfig, StageConfig
+from codec.quant.directional import directional_step
 from codec.quant.distributed import all_reduce_sum
-from codec.quant.diveq import directional_step
 from codec.quant.stats import UsageWindow, code_counts, stage_stats
 
 
@@ -225,7 +225,7 @@ class ResidualQuantizer(nn.Module):
             hard_sum = hard_sum + hard
             if self.training and stage.quantizer.differentiable_codeword:
                 any_diff = True
-                sigma = max(sigma, float(getattr(stage.quantizer, "sigma", 0.0)))
+                sigma = max(sigma, float(stage.quantizer.sigma))
                 diff_sum = diff_sum + c_lat * keep
             else:
                 diff_sum = diff_sum + hard
@@ -267,6 +267,12 @@ class ResidualQuantizer(nn.Module):
         flat = all_reduce_sum(torch.cat(counts))
         return list(flat.split(sizes))
 
+    def training_state_keys(self) -> list[str]:
+        """State-dict keys (relative to this module) of buffers that only training reads: every
+        submodule's ``TRAINING_STATE`` (quantizers, restart counters, usage windows)."""
+        return [f"{name}.{b}" if name else b for name, m in self.named_modules()
+                for b in getattr(m, "TRAINING_STATE", ())]
+
     def statistics(self, counts: list[Tensor] | None = None) -> list[dict[str, float]]:
         """Per-stage perplexity / utilisation of ``counts`` (default: the last forward's) and,
         over the usage window, window_perplexity / window_utilisation / dead_codes; EMA stages
@@ -276,9 +282,9 @@ class ResidualQuantizer(nn.Module):
         for i, stage in enumerate(self.stages):
             c = counts[i] if counts is not None and i < len(counts) else torch.zeros(stage.codebook_size)
             s = stage_stats(c, stage.usage)
-            dead = getattr(stage.quantizer, "dead_count", None)
-            if callable(dead):
-                s["ema_dead_codes"] = float(dead())
+            dead = stage.quantizer.dead_count()
+            if dead is not None:
+                s["ema_dead_codes"] = float(dead)
             out.append(s)
         return out
 

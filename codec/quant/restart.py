@@ -4,7 +4,7 @@ EMA restarts codes whose running cluster size falls below a threshold (ema.py); 
 gradient-trained kinds have no such statistic, so ``CodeRestart`` counts, per code, the
 training steps since it was last assigned (counts summed over ranks). A code idle for
 ``after`` steps is overwritten with a random active row of the current batch, the same rows
-on every rank (drawn on rank 0 and broadcast, ``ema.sample_rows``), so the code is the
+on every rank (drawn on rank 0 and broadcast, ``sample_rows``), so the code is the
 nearest one for at least that row again. The quantizer applies the new rows itself (its
 codebook may be a Parameter or a map of a frozen codebook) at the start of a training
 forward, before the codebook enters the autograd graph.
@@ -14,8 +14,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from codec.quant.distributed import all_reduce_sum
-from codec.quant.ema import sample_rows
+from codec.quant.distributed import all_reduce_sum, broadcast_from_rank0, rank
+
+
+def sample_rows(x: Tensor, mask: Tensor | None, count: int) -> tuple[Tensor, Tensor]:
+    """``count`` active rows of x [N, d] drawn uniformly with replacement, decided on rank 0.
+
+    Returns (rows float32 [count, d], ok bool scalar). ``ok`` is False (and rows are zeros)
+    when rank 0 has no active row; both are broadcast so every rank gets rank 0's choice.
+    """
+    rows = x.new_zeros(count, x.shape[1], dtype=torch.float32)
+    ok = torch.zeros((), dtype=torch.bool, device=x.device)
+    if rank() == 0:
+        active = x.detach().float() if mask is None else x.detach().float()[mask]
+        if active.shape[0] > 0:
+            rows = active[torch.randint(0, active.shape[0], (count,), device=x.device)]
+            ok.fill_(True)
+    broadcast_from_rank0(rows)
+    broadcast_from_rank0(ok)
+    return rows, ok
 
 
 class CodeRestart(nn.Module):

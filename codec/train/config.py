@@ -5,15 +5,14 @@ error (a typo must not silently train with the default).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from codec.config import ConfigError, ModelConfig, deep_merge, load_recipe
+from codec.config import ModelConfig
+from codec.recipe import ConfigError, build_dataclass, deep_merge, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 #: Where the shared LibriSpeech copy lives when neither the recipe nor the environment says.
@@ -103,37 +102,6 @@ class TrainConfig:
         return DEFAULT_LIBRISPEECH
 
 
-def _build(cls: type, data: dict, where: str) -> Any:
-    """A dataclass from a dict, recursing into dataclass-typed fields; unknown keys fail."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
-    kwargs = {}
-    for name, value in data.items():
-        sub = {"data": DataConfig, "loss": LossConfig}.get(name) if cls is TrainConfig else None
-        kwargs[name] = _build(sub, value or {}, f"{where}.{name}") if sub else _coerce(fields[name], value, where)
-    return cls(**kwargs)
-
-
-def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
-    """Numbers for numeric fields: YAML 1.1 reads ``1e-3`` (no dot) as a string."""
-    default = f.default if f.default is not dataclasses.MISSING else None
-    if isinstance(default, bool) or not isinstance(default, (int, float)) or value is None:
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}.{f.name} must be a number, got {value!r}") from None
-    if isinstance(default, int) and not isinstance(default, bool):
-        if number != int(number):
-            raise ConfigError(f"{where}.{f.name} must be an integer, got {value!r}")
-        return int(number)
-    return number
-
-
 def parse_overrides(items: list[str]) -> dict:
     """``["lr=1e-3", "model.quantizer.kind=ema"]`` -> a nested dict to merge into the recipe.
 
@@ -182,7 +150,7 @@ def load_training_recipe(path: str | Path, overrides: list[str] | None = None) -
         model_cfg = ModelConfig.from_dict(recipe)
     except (TypeError, ValueError) as exc:  # ModelConfig raises ConfigError; bad types TypeError
         raise ConfigError(f"recipe {path}: {exc}") from None
-    train_cfg = _build(TrainConfig, recipe.get("train") or {}, "train")
+    train_cfg = build_dataclass(TrainConfig, recipe.get("train") or {}, "train")
     try:
         train_cfg.validate()
     except (TypeError, ValueError) as exc:

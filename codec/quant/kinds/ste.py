@@ -8,12 +8,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from codec.quant.base import Quantizer, QuantizerOutput, masked_mean
+from codec.quant.base import Quantizer, QuantizerOutput, masked_mean, register_kind
 from codec.quant.distributed import broadcast_from_rank0, rank
 from codec.quant.kmeans import kmeans
 from codec.quant.restart import CodeRestart
 
 
+@register_kind("ste")
 class STEQuantizer(Quantizer):
     """Straight-through VQ: y = z + sg(c - z) in training, exact lookup in eval.
 

@@ -11,29 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from codec.quant.base import Quantizer, QuantizerOutput, masked_mean
+from codec.quant.base import Quantizer, QuantizerOutput, masked_mean, register_kind
 from codec.quant.distributed import all_reduce_sum, broadcast_from_rank0, rank
 from codec.quant.kmeans import kmeans
+from codec.quant.restart import sample_rows
 
 
-def sample_rows(x: Tensor, mask: Tensor | None, count: int) -> tuple[Tensor, Tensor]:
-    """``count`` active rows of x [N, d] drawn uniformly with replacement, decided on rank 0.
-
-    Returns (rows float32 [count, d], ok bool scalar). ``ok`` is False (and rows are zeros)
-    when rank 0 has no active row; both are broadcast so every rank gets rank 0's choice.
-    """
-    rows = x.new_zeros(count, x.shape[1], dtype=torch.float32)
-    ok = torch.zeros((), dtype=torch.bool, device=x.device)
-    if rank() == 0:
-        active = x.detach().float() if mask is None else x.detach().float()[mask]
-        if active.shape[0] > 0:
-            rows = active[torch.randint(0, active.shape[0], (count,), device=x.device)]
-            ok.fill_(True)
-    broadcast_from_rank0(rows)
-    broadcast_from_rank0(ok)
-    return rows, ok
-
-
+@register_kind("ema")
 class EMAQuantizer(Quantizer):
     """EMA-codebook VQ: y = z + sg(c - z); the only loss is the commitment term.
 

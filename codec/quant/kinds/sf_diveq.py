@@ -11,11 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from codec.quant.base import Quantizer, QuantizerOutput
+from codec.quant.base import Quantizer, QuantizerOutput, register_kind
+from codec.quant.directional import directional_step
 from codec.quant.distributed import broadcast_from_rank0, rank
-from codec.quant.diveq import directional_step
-from codec.quant.ema import sample_rows
-from codec.quant.restart import CodeRestart
+from codec.quant.restart import CodeRestart, sample_rows
 from codec.quant.search import nearest
 
 
@@ -33,6 +32,7 @@ def chunk_means(samples: Tensor, chunks: int) -> Tensor:
     return sums / counts[:, None]
 
 
+@register_kind("sf_diveq")
 class SFDiVeQQuantizer(Quantizer):
     """SF-DiVeQ with midpoint symbols for a reproducible bitstream.
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from codec.quant.base import Quantizer, QuantizerOutput, masked_mean
+from codec.quant.base import Quantizer, QuantizerOutput, masked_mean, register_kind
 from codec.quant.restart import CodeRestart
 
 
+@register_kind("simvq")
 class SimVQQuantizer(Quantizer):
     """SimVQ with the straight-through estimator.
 

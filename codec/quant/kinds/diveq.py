@@ -13,7 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from codec.quant.base import Quantizer, QuantizerOutput
+from codec.quant.base import Quantizer, QuantizerOutput, register_kind
+from codec.quant.directional import directional_step, safe_norm
 from codec.quant.distributed import all_reduce_sum, broadcast_from_rank0, rank
 from codec.quant.restart import CodeRestart
 
@@ -22,35 +23,7 @@ from codec.quant.restart import CodeRestart
 REPLACE_PERTURBATION = 1e-3
 
 
-def safe_norm(e: Tensor) -> Tensor:
-    """Row norms ||e|| of e [N, d] -> [N, 1], with a finite (zero) gradient where e = 0.
-
-    The double ``where`` keeps sqrt away from 0 in both the value and the backward pass.
-    """
-    sq = e.pow(2).sum(dim=-1, keepdim=True)
-    positive = sq > 0
-    return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(),
-                       torch.zeros_like(sq))
-
-
-def directional_step(z: Tensor, target: Tensor, sigma: float, detach: bool = False) -> Tensor:
-    """The DiVeQ displacement ||target - z|| * sg(v) from z toward target.
-
-    z, target: float [N, d] -> [N, d]. v is the unit direction of (target - z + n) with
-    n ~ N(0, sigma^2 I); with ``detach`` (the noise-free variant) v = e / (||e|| + 1e-12).
-    Gradient flows through the distance only: to z and to target (e.g. a codebook Parameter).
-    """
-    e = target - z
-    dist = safe_norm(e)
-    with torch.no_grad():
-        if detach:
-            v = e / (dist + 1e-12)
-        else:
-            noisy = e + sigma * torch.randn_like(e) if sigma > 0 else e
-            v = noisy / safe_norm(noisy).clamp_min(1e-30)  # zero error -> v = 0, not NaN
-    return dist * v
-
-
+@register_kind("diveq")
 class DiVeQQuantizer(Quantizer):
     """DiVeQ with a codebook Parameter and periodic replacement of unused codes.
 
