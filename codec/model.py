@@ -22,12 +22,10 @@ from codec.nn.seanet import Decoder, Encoder
 from codec.nn.streaming import set_streaming
 from codec.quant.residual import ResidualQuantizer
 from codec.recipe import ConfigError, load_recipe
+from codec.runtime.stream import StreamRunner
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-#: Streamed chunks of at most this many frames run in the native frame engine (when it
-#: applies); longer ones in the PyTorch layers, whose matrix-matrix products win there.
-ENGINE_MAX_FRAMES = 32
 
 
 @dataclass
@@ -85,11 +83,12 @@ class Codec(nn.Module):
         self.exact = False
         self._int8 = False
         #: True (default): a stream of batch 1 runs each chunk through the native frame engine
-        #: (``codec.nn.native``: one C call per chunk instead of hundreds of PyTorch operators,
-        #: same results up to float summation order) when the architecture allows it and a C
-        #: compiler built it; False: always the PyTorch layers. Read when a stream starts.
+        #: (``codec.runtime.native``: one C call per chunk instead of hundreds of PyTorch
+        #: operators, same results up to float summation order) when the architecture allows it
+        #: and a C compiler built it; False: always the PyTorch layers. Read when a stream starts.
         self.native = True
-        self._engines: dict[str, object] = {}
+        #: Routes each streamed chunk to the native engine or the PyTorch layers (codec.runtime).
+        self.stream_runner = StreamRunner(self.encoder, self.decoder, self.quantizer)
 
     @property
     def int8(self) -> bool:
@@ -299,49 +298,10 @@ class Codec(nn.Module):
             return self.decoder(self.quantizer.decode(codes))
 
     def _stream_engine(self, part: str, batch: int, frames: int):
-        """The native engine for this chunk of the stream's ``part`` ("encoder" / "decoder"),
-        which completes ``frames`` frames, or None when the PyTorch layers take it: always
-        for batch > 1, ``native`` off, the exact (fp64) encode, a CUDA model, an architecture
-        the engine lacks or no compiler; and for chunks of more than ``ENGINE_MAX_FRAMES``
-        frames, where PyTorch's matrix-matrix products are faster. The stream's state moves
-        between the two whenever the path changes, so chunks of any sizes can be mixed."""
-        engine = self._engines.get(part) if part in self._engines else self._new_engine(part, batch)
-        if engine is None:
-            return None
-        if batch != 1:
-            raise ValueError(f"a stream's batch size cannot change (it started with 1, got {batch})")
-        owner = self._engines.get(part + "_owner")
-        if frames <= ENGINE_MAX_FRAMES:
-            if owner == "torch":
-                engine.load_state(self)
-            self._engines[part + "_owner"] = "engine"
-            return engine
-        if owner == "engine":
-            engine.store_state(self)
-        self._engines[part + "_owner"] = "torch"
-        return None
-
-    def _new_engine(self, part: str, batch: int):
-        """The engine of a new stream's ``part`` (None where it does not apply), recorded."""
-        engine = None
-        if (self.native and batch == 1 and not (part == "encoder" and self.exact)
-                and next(self.parameters()).device.type == "cpu"):
-            from codec.nn import native
-            from codec.nn.native.engine import FrameEngine, unsupported
-
-            lib = native.load() if unsupported(self, part) is None else None
-            if lib is not None:
-                # The packed weights are kept between streams while the weights are unchanged.
-                key = FrameEngine.weights_key(self, part)
-                cached = self.__dict__.setdefault("_engine_cache", {}).get(part)
-                if key is not None and cached is not None and cached[0] == key:
-                    engine = cached[1]
-                    engine.reset()
-                else:
-                    engine = FrameEngine(lib, self, part)
-                    self.__dict__["_engine_cache"][part] = (key, engine)
-        self._engines[part] = engine
-        return engine
+        """The native engine for this chunk of the stream's ``part``, or None for the PyTorch
+        layers (``StreamRunner.route``)."""
+        return self.stream_runner.route(part, batch, frames, native_on=self.native, exact=self.exact,
+                                        int8=self.int8)
 
     @contextlib.contextmanager
     def streaming(self) -> Iterator[Codec]:
@@ -351,7 +311,7 @@ class Codec(nn.Module):
         set_streaming(self.encoder, True)
         set_streaming(self.decoder, True)
         self._stream_samples = 0
-        self._engines = {}
+        self.stream_runner.start()
         try:
             # Weight-norm weights are computed once for the whole stream, not once per chunk.
             with parametrize.cached():
@@ -360,7 +320,7 @@ class Codec(nn.Module):
             set_streaming(self.encoder, False)
             set_streaming(self.decoder, False)
             self._stream_samples = None
-            self._engines = {}
+            self.stream_runner.stop()
 
     # ----- training ---------------------------------------------------------------------
     def forward(self, wav: Tensor, n_q: int | None = None) -> CodecOutput:

@@ -1,4 +1,4 @@
-"""The native frame engine (codec/nn/native): batch-1 ConvNeXt streams in one C call per chunk.
+"""The native frame engine (codec/runtime/native): batch-1 ConvNeXt streams in one C call per chunk.
 
 It must give the PyTorch layers' results (codes equal, audio to float rounding) on real speech
 with the shipped weights, be bit-identical whatever the chunking, run int8 like the PyTorch
@@ -11,9 +11,10 @@ import torch
 from conftest import REPO, speech
 
 from codec import Codec
-from codec.nn import native
-from codec.nn.native.engine import TILE, FrameEngine, pack_tiles, unsupported
 from codec.recipe import deep_merge, load_recipe
+from codec.runtime import native
+from codec.runtime.native.engine import TILE, FrameEngine, pack_tiles, unsupported
+from codec.runtime.stream import ENGINE, ENGINE_MAX_FRAMES, LAYERS
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(native.load() is None, reason="no C compiler: the engine cannot be built")]
@@ -46,7 +47,7 @@ def stream_codes(model: Codec, wav: torch.Tensor, chunks: list[int] | int, nativ
             parts.append(model.encode(wav[..., i : i + n]))
             i, k = i + n, k + 1
         parts.append(model.flush())
-        used = type(model._engines.get("encoder"))
+        used = type(model.stream_runner.engine("encoder"))
     assert (used is FrameEngine) == (native_on and model.native and not model.exact)
     return torch.cat(parts, -1)
 
@@ -95,9 +96,7 @@ def test_prefiltered_search_is_the_exhaustive_search(shipped: Codec) -> None:
     """The int8 prefilter only skips codewords that provably cannot win: on real latents
     (and on latents far off the data) its codes equal an exact score of every codeword bit
     for bit, and both equal PyTorch's fp32 search up to near-ties."""
-    from codec.nn.native.engine import FrameEngine as Engine
-
-    engine = Engine.for_encoder(native.load(), shipped)
+    engine = FrameEngine(native.load(), shipped.encoder, shipped.quantizer, "encoder")
     with torch.no_grad():
         z = shipped.encoder(speech(4.0, index=7))[0].t()  # [F, D]
     z = torch.cat([z, 3.0 * torch.randn(50, z.shape[1]) * z.std(), torch.zeros(1, z.shape[1])])
@@ -128,16 +127,14 @@ def test_long_chunks_hand_the_stream_to_pytorch_and_back(shipped: Codec, monkeyp
     """Chunks of more than ENGINE_MAX_FRAMES frames run in the PyTorch layers: the stream's
     state moves between the engine and them at every switch, so a stream mixing both equals
     an all-PyTorch stream (codes up to near-ties, audio to float rounding)."""
-    from codec.model import ENGINE_MAX_FRAMES
-
     handovers = {"load_state": 0, "store_state": 0}
 
     def counting(name: str):
         original = getattr(FrameEngine, name)
 
-        def counted(self: FrameEngine, model: Codec) -> None:
+        def counted(self: FrameEngine, net: torch.nn.Module) -> None:
             handovers[name] += 1
-            original(self, model)
+            original(self, net)
         return counted
 
     for name in handovers:
@@ -156,9 +153,9 @@ def test_long_chunks_hand_the_stream_to_pytorch_and_back(shipped: Codec, monkeyp
         while t < ref.shape[-1]:
             parts.append(shipped.decode(ref[..., t : t + groups[k % len(groups)]]))
             t, k = t + groups[k % len(groups)], k + 1
-        owners = {shipped._engines["decoder_owner"]}
+        owners = {shipped.stream_runner.path("decoder")}
     audio = torch.cat(parts, -1)
-    assert owners <= {"engine", "torch"}
+    assert owners <= {ENGINE, LAYERS}
     assert handovers["load_state"] >= 4 and handovers["store_state"] >= 4  # both ways, both parts
     assert (audio - stream_audio(shipped, ref, native_on=False)).abs().max().item() <= 1e-4
 
@@ -205,9 +202,9 @@ def test_each_stream_starts_fresh_and_weight_changes_are_seen() -> None:
     model = tiny()
     a, b = speech(1.0, index=4), speech(1.0, index=5)
     first = stream_codes(model, a, HOP)
-    engine = model._engine_cache["encoder"][1]
+    engine = model.stream_runner.cached_engine("encoder")
     stream_codes(model, b, HOP)
-    assert model._engine_cache["encoder"][1] is engine  # reused
+    assert model.stream_runner.cached_engine("encoder") is engine  # reused
     assert torch.equal(stream_codes(model, a, HOP), first)  # history reset: same as the first time
     audio = stream_audio(model, first)
     stream_audio(model, stream_codes(model, b, HOP))
@@ -255,7 +252,7 @@ def test_batches_and_unsupported_models_take_the_pytorch_path() -> None:
     two = torch.cat([wav, speech(1.0, index=1)])
     with model.streaming():
         model.encode(two[..., :HOP])
-        assert model._engines["encoder"] is None
+        assert model.stream_runner.engine("encoder") is None
     with model.streaming():
         model.encode(wav[..., :HOP])
         with pytest.raises(ValueError, match="batch size"):
@@ -265,18 +262,19 @@ def test_batches_and_unsupported_models_take_the_pytorch_path() -> None:
     assert torch.equal(codes, model.encode(wav))
     model.exact = False
     projected = tiny(warm=False, quantizer={"codebook_dim": 4})
-    assert unsupported(projected, "encoder") == "a projected or cosine-searched quantizer stage"
-    assert unsupported(projected, "decoder") is None
+    assert unsupported(projected.encoder, projected.quantizer, "encoder") == "a projected or cosine-searched quantizer stage"
+    assert unsupported(projected.decoder, projected.quantizer, "decoder") is None
     with projected.streaming():  # the decoder in C, the encoder in PyTorch
         codes = projected.encode(wav[..., :HOP])
         projected.decode(codes)
-        assert projected._engines["encoder"] is None and isinstance(projected._engines["decoder"], FrameEngine)
+        runner = projected.stream_runner
+        assert runner.engine("encoder") is None and isinstance(runner.engine("decoder"), FrameEngine)
     torch.manual_seed(0)
     seanet = Codec.from_config(REPO / "recipes" / "tiny.yaml")
-    assert unsupported(seanet, "encoder") == "not the ConvNeXt architecture"
+    assert unsupported(seanet.encoder, seanet.quantizer, "encoder") == "not the ConvNeXt architecture"
     with seanet.streaming():
         seanet.encode(wav[..., :HOP])
-        assert seanet._engines["encoder"] is None
+        assert seanet.stream_runner.engine("encoder") is None
 
 
 def test_portable_build_matches_the_native_one(shipped: Codec) -> None:
@@ -285,8 +283,8 @@ def test_portable_build_matches_the_native_one(shipped: Codec) -> None:
     differ in FMA contraction and the GELU's erf)."""
     portable = native.open_library(native.build(portable=True))
     wav = speech(2.0, index=8)
-    enc_v, enc_p = FrameEngine.for_encoder(native.load(), shipped), FrameEngine.for_encoder(portable, shipped)
-    dec_v, dec_p = FrameEngine.for_decoder(native.load(), shipped), FrameEngine.for_decoder(portable, shipped)
+    enc_v, enc_p = (FrameEngine(lib, shipped.encoder, shipped.quantizer, "encoder") for lib in (native.load(), portable))
+    dec_v, dec_p = (FrameEngine(lib, shipped.decoder, shipped.quantizer, "decoder") for lib in (native.load(), portable))
     codes = torch.cat([enc_v.encode(wav[..., i : i + HOP], 12) for i in range(0, wav.shape[-1], HOP)], -1)
     other = torch.cat([enc_p.encode(wav[..., i : i + HOP], 12) for i in range(0, wav.shape[-1], HOP)], -1)
     assert (codes == other).float().mean().item() >= 0.99

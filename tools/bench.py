@@ -12,7 +12,7 @@ What it measures (each with 1 thread and with all threads, ``--threads``):
 - offline encode / decode of a ``--seconds`` clip (default 10 s);
 - streaming encode / decode in 20 ms and 320 ms chunks (``--chunks``), with float32 weights
   and, for models with linear layers (ConvNeXt), with int8 weights (``Codec.int8``); batch-1
-  streams run in the native frame engine (``codec.nn.native``), and the "PyTorch layers" rows
+  streams run in the native frame engine (``codec.runtime.native``), and the "PyTorch layers" rows
   repeat the float32 ones with it switched off (``Codec.native = False``);
 - per-chunk cost over a ``--stream-seconds`` stream (default 60 s, 20 ms chunks, encode +
   decode of each chunk): the mean and the median of the last 10 s over those of the first
@@ -56,9 +56,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from codec import Codec
-from codec.nn import native
 from codec.nn.conv import CausalConv1d
-from codec.nn.native.engine import unsupported
+from codec.runtime import native
+from codec.runtime.native.engine import unsupported
 
 ALL = "all"
 
@@ -407,7 +407,7 @@ def _run(args: argparse.Namespace) -> dict:
     # int8 weights (Codec.int8) only change the ConvNeXt layers' linear products.
     int8 = not args.no_int8 and any(isinstance(m, nn.Linear) for m in model.encoder.modules())
     res["int8"] = int8
-    res["native"] = native.load() is not None and unsupported(model, "encoder") is None
+    res["native"] = native.load() is not None and unsupported(model.encoder, model.quantizer, "encoder") is None
     res["threads"] = {}
     for spec in args.threads.split(","):
         n = set_threads(spec)
@@ -486,7 +486,7 @@ def fmt(x: float | None, digits: int = 4) -> str:
 def markdown(res: dict) -> str:
     lines = [(f"Recipe `{res['recipe']}` (random weights), {res['seconds']:g} s clip, torch {res['torch']}, "
              f"{res['cpus']} CPUs; load average before / after: {res['load_before'][0]:.2f} / {res['load_after'][0]:.2f}."),
-             "", ("Streams of batch 1 ran in the native frame engine (`codec.nn.native`, single-threaded C)."
+             "", ("Streams of batch 1 ran in the native frame engine (`codec.runtime.native`, single-threaded C)."
                   if res.get("native") else "The native frame engine was not available: streams ran in PyTorch."),
              "", "Real-time factor (seconds of compute per second of audio; lower is faster):", ""]
     specs = list(res["threads"])

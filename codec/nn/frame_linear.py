@@ -20,7 +20,7 @@ arithmetic speed. Two things cut the bytes and the time:
 
 Float64 inputs (the codec's exact path) and autograd always take plain ``F.linear``.
 Batch-1 streams of short chunks usually bypass these layers altogether: the native frame
-engine (``codec.nn.native``) reads the same weights (and rounds int8 the same way) in C.
+engine (``codec.runtime.native``) reads the same weights (and rounds int8 the same way) in C.
 """
 from __future__ import annotations
 

@@ -23,6 +23,15 @@ class StreamingLayer(nn.Module):
         self._streaming = streaming
         self._buffer = None
 
+    def stream_state(self) -> Tensor | None:
+        """The stream's kept context in the layer's own layout (None: nothing streamed yet)."""
+        return self.__dict__["_buffer"]
+
+    def load_stream_state(self, state: Tensor | None) -> None:
+        """Continue a stream from ``state`` (what ``stream_state`` returned, or a tensor in
+        its layout written by another runtime; None: start afresh)."""
+        self.__dict__["_buffer"] = state
+
 
 def set_streaming(module: nn.Module, streaming: bool) -> None:
     """Switch every streaming layer inside ``module`` on or off, starting from empty history."""

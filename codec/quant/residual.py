@@ -64,16 +64,16 @@ class ResidualStage(nn.Module):
 
     def encode(self, r: Tensor) -> Tensor:
         """Residual [N, D] (fp32, or fp64 for the exact encode path) -> codes [N]."""
-        book, _ = self._tables()
+        book, _ = self.tables()
         return self.quantizer.encode(_apply(self.in_proj, r.detach()), book)
 
     def decode(self, codes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """Codes [N] -> latent-space codeword [N, D] in ``dtype``: a row of the table of every
-        codeword already projected back to the latent space (``_tables``)."""
-        _, table = self._tables()
+        codeword already projected back to the latent space (``tables``)."""
+        _, table = self.tables()
         return table[codes].to(dtype)
 
-    def _tables(self) -> tuple[Tensor, Tensor]:
+    def tables(self) -> tuple[Tensor, Tensor]:
         """(codebook [K, d], out_proj(codebook) [K, D]), detached float32, computed once per
         state of this stage: the key holds the storage and version counter of every parameter
         and buffer (optimizer steps, EMA updates, restarts, ``load_state_dict`` all bump one),
@@ -173,7 +173,7 @@ class ResidualQuantizer(nn.Module):
     def _stacked_tables(self) -> Tensor:
         """Every stage's latent-space table stacked to [N, K_max, D] float32 (rows past a
         stage's K are zero and never indexed), rebuilt when any stage's table changes."""
-        tables = [stage._tables()[1] for stage in self.stages]
+        tables = [stage.tables()[1] for stage in self.stages]
         cached = self.__dict__.get("_stack_cache")
         if cached is not None and all(a is t for a, t in zip(cached[0], tables)):
             return cached[1]

@@ -1,13 +1,14 @@
 """The frame engine: a batch-1 stream of the ConvNeXt codec, a chunk's frames in one native call.
 
-``FrameEngine.for_encoder(lib, model)`` / ``for_decoder(lib, model)`` copy the weights into
-the layout ``frame_engine.c`` reads (fp32, or int8 + scale when ``model.int8``; the Codec
-keeps an engine between streams while its weights are unchanged and ``reset()``s it), hold
-the stream state (STFT samples, each block's depthwise history, the decoder's latent history
-and overlap tail, starting at zero like the PyTorch layers' buffers) and take chunks of any
-length, one C call per chunk. ``load_state`` / ``store_state`` move the state from / to the
-PyTorch layers' buffers, so a stream can switch paths between chunks (``Codec`` sends long
-chunks to PyTorch). The results equal the PyTorch streaming path's up to float summation
+``FrameEngine(lib, net, quantizer, part, int8)`` copies the weights of ``net`` (a ConvNeXt
+encoder or decoder) and of the quantizer stack's stages into the layout ``frame_engine.c``
+reads (fp32, or int8 + scale; the stream runner keeps an engine between streams while its
+weights are unchanged and ``reset()``s it), holds the stream state (STFT samples, each
+block's depthwise history, the decoder's latent history and overlap tail, starting at zero
+like the PyTorch layers' buffers) and takes chunks of any length, one C call per chunk.
+``load_state`` / ``store_state`` move the state from / to the PyTorch layers (their
+``stream_state`` / ``load_stream_state``), so a stream can switch paths between chunks (the
+runner sends long chunks to PyTorch). The results equal the PyTorch streaming path's up to float summation
 order: codes agree except where two codewords are within rounding of each other, audio to
 ~1e-6 (int8: see ``Codec.int8``).
 """
@@ -21,7 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from codec.nn.convnext import ConvNeXtDecoder, ConvNeXtEncoder
 from codec.nn.frame_linear import quantize_int8
+from codec.quant.residual import ResidualQuantizer
 from codec.quant.search import codebook_norms
 
 #: Output columns per packed weight tile (``TILE`` in frame_engine.c).
@@ -58,13 +61,11 @@ def pack_tiles(w: Tensor) -> Tensor:
     return w.reshape(-1, TILE, n_in).transpose(1, 2).contiguous()
 
 
-def unsupported(model: nn.Module, part: str) -> str | None:
-    """Why the engine cannot run ``part`` ("encoder" or "decoder") of ``model`` (a Codec), or
-    None when it can: the ConvNeXt architecture with plain depthwise kernels, LayerNorms with
-    one eps, and (encoder) quantizer stages searched in Euclidean distance without projections."""
-    from codec.nn.convnext import ConvNeXtDecoder, ConvNeXtEncoder
-
-    net = getattr(model, part)
+def unsupported(net: nn.Module, quantizer: ResidualQuantizer, part: str) -> str | None:
+    """Why the engine cannot run ``net``, the ``part`` ("encoder" or "decoder") of a codec
+    with this quantizer stack, or None when it can: the ConvNeXt architecture with plain
+    depthwise kernels, LayerNorms with one eps, and (encoder) quantizer stages searched in
+    Euclidean distance without projections."""
     if not isinstance(net, (ConvNeXtEncoder, ConvNeXtDecoder)):
         return "not the ConvNeXt architecture"
     hop = net.stft.hop if part == "encoder" else net.istft.hop
@@ -82,7 +83,7 @@ def unsupported(model: nn.Module, part: str) -> str | None:
         if conv.kernel_size[0] != 3 or conv.dilation[0] != 1 or conv.stride[0] != 1 or conv.groups != 1:
             return "a decoder input conv other than kernel 3, stride 1"
         return None
-    for stage in model.quantizer.stages:
+    for stage in quantizer.stages:
         if stage.projected or stage.quantizer.cosine_search:
             return "a projected or cosine-searched quantizer stage"
     return None
@@ -99,21 +100,23 @@ def _prime_factors(n: int) -> list[int]:
 
 
 class FrameEngine:
-    """A stream through the native frame engine; build it with ``for_encoder`` / ``for_decoder``."""
+    """A stream of ``net`` (the ``part``, "encoder" or "decoder", of a codec whose
+    ``unsupported`` is None) with the stages of ``quantizer``, through the native library
+    ``lib``; ``int8``: int8 weights with bfloat16 rounding (``Codec.int8``)."""
 
-    def __init__(self, lib: ctypes.CDLL, model: nn.Module, part: str) -> None:
+    def __init__(self, lib: ctypes.CDLL, net: nn.Module, quantizer: ResidualQuantizer, part: str,
+                 int8: bool = False) -> None:
         self._lib = lib
         self._keep: list = []  # every tensor and ctypes array the C side points into
-        self._int8 = bool(getattr(model, "int8", False))
-        net = getattr(model, part)
+        self._int8 = bool(int8)
         self.part = part
         self.hop = net.stft.hop if part == "encoder" else net.istft.hop
         self._state: list[Tensor] = []  # every history buffer below, zeroed by reset()
         self._hist: list[Tensor] = []  # per block: the last kernel - 1 inputs [kernel - 1, width], a ring
         #: encoder: the previous hop samples; decoder: the last frame's synthesis tail [hop]
         self._samples = self._zeros(self.hop)
-        self._lat = self._zeros(2, model.quantizer.latent_dim)  # decoder: the previous two latents
-        self._net = self._build(model, net)
+        self._lat = self._zeros(2, quantizer.latent_dim)  # decoder: the previous two latents
+        self._net = self._build(net, quantizer)
         self._pending = torch.zeros(0)
 
     def reset(self) -> None:
@@ -126,65 +129,53 @@ class FrameEngine:
         self._pending = torch.zeros(0)
 
     # ----- handing the stream over to / from the PyTorch layers --------------------------------
-    def _layers(self, model: nn.Module) -> tuple[list, object, object]:
+    def _layers(self, net: nn.Module) -> tuple[list, object, object]:
         """(the blocks' depthwise convs, the sample-side layer, the decoder's input conv or None)."""
-        net = getattr(model, self.part)
         convs = [b.dwconv for b in net.blocks]
         if self.part == "encoder":
             return convs, net.stft, None
         return convs, net.istft, net.inp
 
-    def load_state(self, model: nn.Module) -> None:
-        """Continue the stream the PyTorch layers of ``model`` have been running: copy their
-        buffers (None = a fresh stream, zeros) into the engine's state."""
-        convs, io, inp = self._layers(model)
+    def load_state(self, net: nn.Module) -> None:
+        """Continue the stream the PyTorch layers of ``net`` have been running: copy their
+        stream states (None = a fresh stream, zeros) into the engine's state."""
+        convs, io, inp = self._layers(net)
         self.reset()
         for hist, conv in zip(self._hist, convs):
-            buf = conv.__dict__.get("_buffer")
+            buf = conv.stream_state()
             if buf is not None:
                 hist.copy_(buf[0].t())
-        buf = io.__dict__.get("_buffer")
+        buf = io.stream_state()
         if buf is not None:
             flat = buf.reshape(-1).float()
             self._samples.copy_(flat[: self.hop])
             self._pending = flat[self.hop :].clone()  # encoder: the samples of the next frame so far
-        if inp is not None and inp.__dict__.get("_buffer") is not None:
-            self._lat.copy_(inp.__dict__["_buffer"][0].t())
+        if inp is not None and inp.stream_state() is not None:
+            self._lat.copy_(inp.stream_state()[0].t())
 
-    def store_state(self, model: nn.Module) -> None:
-        """Hand the stream to the PyTorch layers of ``model``: write the engine's state into
-        their buffers in their layouts (oldest frame first)."""
-        convs, io, inp = self._layers(model)
+    def store_state(self, net: nn.Module) -> None:
+        """Hand the stream to the PyTorch layers of ``net``: load the engine's state into
+        them in their layouts (oldest frame first)."""
+        convs, io, inp = self._layers(net)
         for i, (hist, conv) in enumerate(zip(self._hist, convs)):
-            conv.__dict__["_buffer"] = torch.roll(hist, -self._net.blocks[i].pos, dims=0).t()[None].contiguous()
+            conv.load_stream_state(torch.roll(hist, -self._net.blocks[i].pos, dims=0).t()[None].contiguous())
         if self.part == "encoder":
-            io.__dict__["_buffer"] = torch.cat([self._samples, self._pending])[None]
+            io.load_stream_state(torch.cat([self._samples, self._pending])[None])
         else:
-            io.__dict__["_buffer"] = self._samples.clone().view(1, 1, -1)
-            inp.__dict__["_buffer"] = self._lat.t()[None].contiguous()
+            io.load_stream_state(self._samples.clone().view(1, 1, -1))
+            inp.load_stream_state(self._lat.t()[None].contiguous())
 
     @staticmethod
-    def weights_key(model: nn.Module, part: str) -> tuple | None:
+    def weights_key(net: nn.Module, quantizer: ResidualQuantizer, int8: bool) -> tuple | None:
         """What the prepared weights depend on: the int8 switch and the storage and version
-        counter of every parameter and buffer of ``part`` and the quantizer (optimizer steps,
+        counter of every parameter and buffer of ``net`` and the quantizer (optimizer steps,
         EMA updates, ``load_state_dict`` all change it); None for inference tensors, which
         have no version counter (then nothing is reused)."""
-        tensors = [*getattr(model, part).parameters(), *getattr(model, part).buffers(),
-                   *model.quantizer.parameters(), *model.quantizer.buffers()]
+        tensors = [*net.parameters(), *net.buffers(), *quantizer.parameters(), *quantizer.buffers()]
         try:
-            return (bool(getattr(model, "int8", False)),) + tuple((t.data_ptr(), t._version) for t in tensors)
+            return (bool(int8),) + tuple((t.data_ptr(), t._version) for t in tensors)
         except RuntimeError:
             return None
-
-    @classmethod
-    def for_encoder(cls, lib: ctypes.CDLL, model: nn.Module) -> FrameEngine:
-        """An encoder stream of ``model`` (a Codec whose ``unsupported(model, "encoder")`` is None)."""
-        return cls(lib, model, "encoder")
-
-    @classmethod
-    def for_decoder(cls, lib: ctypes.CDLL, model: nn.Module) -> FrameEngine:
-        """A decoder stream of ``model`` (a Codec whose ``unsupported(model, "decoder")`` is None)."""
-        return cls(lib, model, "decoder")
 
     # ----- weights ------------------------------------------------------------------------
     def _ptr(self, t: Tensor) -> int:
@@ -226,7 +217,7 @@ class FrameEngine:
     def _nn_linear(self, layer: nn.Linear) -> _Linear:
         return self._linear(layer.weight, layer.bias, self._int8)
 
-    def _build(self, model: nn.Module, net: nn.Module) -> _Net:
+    def _build(self, net: nn.Module, quantizer: ResidualQuantizer) -> _Net:
         h, blocks = self.hop, list(net.blocks)
         width = net.norm.normalized_shape[0]
         kernel = blocks[0].dwconv.kernel_span if blocks else 2
@@ -241,10 +232,10 @@ class FrameEngine:
                              hist=self._hist[-1].data_ptr(), pos=0))
         block_array = (_Block * max(1, len(cb)))(*cb)
         self._keep.append(block_array)
-        stages = model.quantizer.stages
-        tables = [s._tables() for s in stages]  # (search codebook [K, d], latent-space table [K, D])
+        stages = quantizer.stages
+        tables = [s.tables() for s in stages]  # (search codebook [K, d], latent-space table [K, D])
         kmax = max(t[0].shape[0] for t in tables)
-        latent = model.quantizer.latent_dim
+        latent = quantizer.latent_dim
         n = 2 * h
         k = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
         twiddle = torch.stack([torch.cos(k), -torch.sin(k)], dim=1).float()

@@ -1,4 +1,4 @@
-/* One streamed frame of the frame-rate ConvNeXt codec in a single call (codec/nn/native/engine.py).
+/* One streamed frame of the frame-rate ConvNeXt codec in a single call (codec/runtime/native/engine.py).
  *
  * A 20 ms chunk is one frame: in PyTorch it costs a few hundred small operator calls
  * (5-30 us each on a shared CPU) around a dozen matrix-vector products. Here the whole frame
