@@ -13,8 +13,8 @@ import torch
 
 from codec import Codec
 from codec.bitstream import BitstreamError, Priors, packed_size, parse
-from codec.bitstream.coding import decode_audio, decode_blocks, encode_stream, make_header, stages_for_bitrate
-from codec.bitstream.estimate import estimate_priors
+from codec.files.coding import decode_audio, decode_blocks, encode_stream, make_header, stages_for_bitrate
+from codec.files.estimate import estimate_priors
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,8 @@ import torch
 from conftest import one_error_line
 
 from codec import Codec
-from codec.bitstream.estimate import estimate_priors
 from codec.cli import main
+from codec.files.estimate import estimate_priors
 
 REPO = Path(__file__).resolve().parents[1]
 EXE = [shutil.which("codec")] if shutil.which("codec") else [sys.executable, "-m", "codec"]

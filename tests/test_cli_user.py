@@ -27,8 +27,8 @@ from conftest import REPO, one_error_line, speech, tiny_model
 
 from codec import Codec
 from codec.bitstream.container import parse
-from codec.bitstream.estimate import estimate_priors
 from codec.cli import main
+from codec.files.estimate import estimate_priors
 
 EXE = [shutil.which("codec")] if shutil.which("codec") else [sys.executable, "-m", "codec"]
 README_EXAMPLE = "LibriSpeech/test-other/1688/142285/1688-142285-0000.flac"
@@ -159,7 +159,7 @@ def test_existing_output_is_replaced_only_with_force(env, tmp_path, capsys):
 def test_output_problems_are_found_before_the_work_and_name_the_users_path(env, tmp_path, capsys, monkeypatch):
     import tempfile
 
-    from codec.bitstream import coding
+    from codec.files import coding
 
     def no_work(*a, **k):
         raise AssertionError("the work started before the output was checked")

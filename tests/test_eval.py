@@ -16,14 +16,14 @@ import torch
 from conftest import REPO, speech
 
 from codec import Codec
-from codec.bitstream.coding import decode_audio, encode_stream, make_header
 from codec.bitstream.container import parse
-from codec.bitstream.estimate import estimate_priors
 from codec.bitstream.priors import Priors
 from codec.cli import main
 from codec.eval.metrics import score
 from codec.eval.opus import ogg_packet_bytes, opus_roundtrip
 from codec.eval.sweep import System, Task, codec_task
+from codec.files.coding import decode_audio, encode_stream, make_header
+from codec.files.estimate import estimate_priors
 
 CROPS = [(2.0, 0), (1.5, 1), (2.5, 2)]  # (seconds, LibriSpeech index)
 HAVE_OPUS = shutil.which("opusenc") is not None and shutil.which("opusdec") is not None

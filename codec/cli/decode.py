@@ -44,9 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     """Decode args.input into args.output (see the parser for the options)."""
     from codec.audio_io import output_format, write_audio
-    from codec.bitstream.coding import decode_blocks
     from codec.bitstream.container import parse
     from codec.bitstream.header import MODE_RANGE
+    from codec.files.coding import decode_blocks
 
     check_output(args.output, [args.input], args.force)
     output_format(args.output)  # an unknown extension is an error before any work

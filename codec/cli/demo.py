@@ -91,9 +91,9 @@ def run_demo(model: str | None = None, stages: int | None = None, out: str | Non
     both output files are written atomically, so nothing half-written is left behind."""
     from codec.audio_io import AudioReader, read_audio, write_audio
     from codec.bitstream.atomic import atomic_output
-    from codec.bitstream.coding import decode_blocks, encode_stream, fixed_width_if_smaller, make_header
     from codec.bitstream.container import parse
     from codec.eval.metrics import METRIC_RATE, pesq_wb
+    from codec.files.coding import decode_blocks, encode_stream, fixed_width_if_smaller, make_header
     from codec.pretrained import shipped_name
 
     if not SAMPLE.is_file():

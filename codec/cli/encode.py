@@ -69,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _stages(args: argparse.Namespace, model) -> int:
-    from codec.bitstream.coding import stages_for_bitrate
+    from codec.files.coding import stages_for_bitrate
 
     if args.stages is not None:
         if args.stages > model.num_stages:
@@ -92,9 +92,9 @@ def run(args: argparse.Namespace) -> None:
     """Encode args.input into args.output (see the parser for the options)."""
     from codec.audio_io import AudioReader
     from codec.bitstream.atomic import atomic_output
-    from codec.bitstream.coding import encode_stream, fixed_width_if_smaller, make_header
     from codec.bitstream.container import DEFAULT_BLOCK_FRAMES
     from codec.bitstream.packing import packed_size
+    from codec.files.coding import encode_stream, fixed_width_if_smaller, make_header
 
     if args.block_frames is not None and not args.entropy:
         raise CLIError("--block-frames applies only with --entropy")

@@ -83,8 +83,8 @@ def _write_copy(model_dir: Path, out: Path, priors) -> Path:
 
 def run(args: argparse.Namespace) -> None:
     """Count the model's codes over args.data and store the priors (see the parser)."""
-    from codec.bitstream.estimate import audio_files, count_codes
     from codec.bitstream.priors import Priors
+    from codec.files.estimate import audio_files, count_codes
 
     model_dir = resolve_model(args.model)
     out = _destination(args, model_dir)

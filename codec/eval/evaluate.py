@@ -115,7 +115,7 @@ def spread(files: Sequence[Path], root: Path, limit: int | None) -> list[Path]:
 def find_data(data: str | Path, limit: int | None) -> list[tuple[str, str]]:
     """(path, utterance name) of the audio files under ``data`` (recursive, sorted); with
     ``limit``, that many, spread over the top-level folders (``spread``)."""
-    from codec.bitstream.estimate import audio_files
+    from codec.files.estimate import audio_files
 
     root = Path(data)
     if not root.is_dir():

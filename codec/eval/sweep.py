@@ -34,7 +34,7 @@ COLUMNS = (
 )
 ENTROPY_SUFFIX = "+entropy"
 INT8_SUFFIX = "+int8"
-WORKER_PRELOAD = ["codec.eval.sweep", "codec.model", "codec.bitstream.coding", "codec.audio_io",
+WORKER_PRELOAD = ["codec.eval.sweep", "codec.model", "codec.files.coding", "codec.audio_io",
                   "codec.eval.opus", "librosa.filters", "pesq", "pystoi", "soxr"]
 
 
@@ -101,8 +101,8 @@ def _row(system: str, stages: int | str, utterance: str, duration: float, nomina
 def codec_task(task: Task, workdir: Path) -> TaskResult:
     """Encode, write, read back, decode and score one utterance at every stage count."""
     from codec.audio_io import read_audio
-    from codec.bitstream.coding import decode_audio, encode_stream, make_header
     from codec.bitstream.container import decode_codes, parse, write_file
+    from codec.files.coding import decode_audio, encode_stream, make_header
 
     system = task.system
     model, priors = _model(system.model_dir, system.entropy, system.int8)
