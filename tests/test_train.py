@@ -21,7 +21,7 @@ from codec.train.data import (
     utterances_from,
     validation_set,
 )
-from codec.train.losses import ReconstructionLoss
+from codec.train.losses import TERM_NAMES, CodecLoss, LossConfig
 from codec.train.optim import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,14 +101,22 @@ def test_manifest_tool_round_trip(tmp_path: Path) -> None:
 
 
 # ----- losses and schedule ------------------------------------------------------------------------
-def test_reconstruction_loss_terms() -> None:
+def test_loss_is_one_weighted_sum_of_named_terms() -> None:
     x = speech(0.5)
-    loss = ReconstructionLoss(16000, stft_weight=1.0, mel_weight=2.0, l1_weight=0.5)
+    loss = CodecLoss(16000, LossConfig(stft=1.0, mel=2.0, l1=0.5, quantizer=3.0))
     zero, parts = loss(x, x)
-    assert float(zero) == 0 and set(parts) == {"stft", "mel", "l1"}
-    total, parts = loss(0.5 * x, x)
-    assert float(total) == pytest.approx(float(parts["stft"] + 2 * parts["mel"] + 0.5 * parts["l1"]), rel=1e-5)
+    assert float(zero) == 0 and set(parts) == {"stft", "mel", "l1"}  # no quantizer loss given
+    q = torch.tensor(0.25)
+    total, parts = loss(0.5 * x, x, q)
+    assert list(parts) == list(TERM_NAMES) == loss.reported()
+    assert float(total) == pytest.approx(float(parts["stft"] + 2 * parts["mel"] + 0.5 * parts["l1"] + 3 * q),
+                                         rel=1e-5)
     assert all(float(v) > 0 for v in parts.values())
+    off = CodecLoss(16000, LossConfig(mel=0.0, quantizer=0.0))
+    total, parts = off(0.5 * x, x, q)
+    assert set(parts) == {"stft", "quantizer"} and float(total) == pytest.approx(float(parts["stft"]))
+    # the recipe's train.loss section is the one place that names the terms and their defaults
+    assert set(LossConfig().weights()) == set(TERM_NAMES)
 
 
 def test_lr_warmup_then_cosine() -> None:

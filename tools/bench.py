@@ -343,11 +343,12 @@ def search_times(ks: list[int], dim: int, rows: int, repeats: int, warmup: int,
 
 
 def train_step_time(recipe: str, repeats: int, warmup: int, batch: int | None, crop: float | None) -> dict[str, float]:
-    """One optimizer step (forward, losses, backward, AdamW) on random audio, fp32 on the CPU."""
+    """One optimizer step (forward, losses, backward, AdamW) on random audio, fp32 on the CPU:
+    the training loop's own ``train_step`` and ``CodecLoss``, one process, one micro-batch."""
     from codec.train.config import load_training_recipe
-    from codec.train.loop import TrainStep
-    from codec.train.losses import ReconstructionLoss
+    from codec.train.losses import CodecLoss
     from codec.train.optim import build_optimizer
+    from codec.train.step import TrainStep, train_step
 
     _, model_cfg, cfg = load_training_recipe(recipe)
     batch = batch or cfg.batch_size
@@ -356,21 +357,11 @@ def train_step_time(recipe: str, repeats: int, warmup: int, batch: int | None, c
     codec = Codec(model_cfg).train()
     step = TrainStep(codec)
     opt, sched = build_optimizer(step, cfg)
-    loss_fn = ReconstructionLoss(codec.sample_rate, stft_weight=cfg.loss.stft, l1_weight=cfg.loss.l1,
-                                 mel_weight=cfg.loss.mel, mel_windows=cfg.loss.mel_windows,
-                                 n_mels=cfg.loss.n_mels)
+    loss_fn = CodecLoss(codec.sample_rate, cfg.loss)
     wav = 0.1 * torch.randn(batch, 1, int(crop * codec.sample_rate))
 
     def one() -> None:
-        audio, qloss = step(wav)
-        loss, _ = loss_fn(audio, wav)
-        loss = loss + cfg.loss.quantizer * qloss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip_grad_norm:
-            nn.utils.clip_grad_norm_(step.parameters(), cfg.clip_grad_norm)
-        opt.step()
-        sched.step()
+        train_step(step, loss_fn, opt, sched, [wav], cfg.clip_grad_norm)
 
     t = timeit(one, repeats, warmup)
     return {"step_s": t, "batch": batch, "crop_s": crop, "audio_s_per_s": batch * crop / t}

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from codec.audio_io import read_audio
-from codec.bitstream.estimate import audio_files
+from codec.files.estimate import audio_files
 from codec.model import Codec
 from codec.quant.refit import refit_codebooks
 

@@ -13,6 +13,7 @@ import yaml
 
 from codec.config import ModelConfig
 from codec.recipe import ConfigError, build_dataclass, deep_merge, load_recipe
+from codec.train.losses import LossConfig
 
 REPO = Path(__file__).resolve().parents[2]
 #: Where the shared LibriSpeech copy lives when neither the recipe nor the environment says.
@@ -32,18 +33,6 @@ class DataConfig:
     valid_seconds: float = 4.0  # each validation utterance is cut to its first valid_seconds
     valid_utterances: int = 20  # validation set size (spread over speakers)
     num_workers: int = 2  # DataLoader worker processes per rank (0: load in the main process)
-
-
-@dataclass
-class LossConfig:
-    """Weights of the loss terms (0 switches a term off)."""
-
-    stft: float = 1.0  # auraloss multi-resolution STFT
-    mel: float = 1.0  # multi-scale log-mel L1
-    l1: float = 0.0  # waveform L1
-    quantizer: float = 1.0  # the quantizer stack's own auxiliary losses (commitment, codebook)
-    mel_windows: list = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])  # samples
-    n_mels: list = field(default_factory=lambda: [5, 10, 20, 40, 80, 80, 80])  # per window
 
 
 @dataclass

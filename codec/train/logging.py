@@ -12,7 +12,10 @@ import csv
 import math
 from pathlib import Path
 
-LOSS_NAMES = ["loss", "stft", "mel", "l1", "quantizer"]
+from codec.train.losses import TERM_NAMES
+
+#: "loss" is the weighted total; the others are the unweighted terms.
+LOSS_NAMES = ["loss", *TERM_NAMES]
 STAGE_KEYS = ["perplexity", "utilisation", "dead_codes"]
 
 

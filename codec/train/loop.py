@@ -1,5 +1,7 @@
 """The training loop on accelerate: one process (``codec train``) or many (``accelerate launch
--m codec train``), read top to bottom in one sitting.
+-m codec train``). ``train`` reads top to bottom: ``setup`` (recipe, data, model, optimizer,
+resume), then per step ``train_step`` (codec/train/step.py), ``log_train``, ``run_validation``
+and ``checkpoint``, and at the end ``export``. Test hooks come in as ``Callback`` objects.
 
 Determinism: the batch of micro-step k on rank r is a pure function of (seed, k, r)
 (data.CropBatches), and the global torch RNG (quantizer dropout, DiVeQ noise) is reseeded
@@ -9,7 +11,6 @@ non-Parameter state identical themselves, so DDP's per-step buffer broadcast is 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,27 +34,14 @@ from codec.train import checkpoint as ckpt
 from codec.train.config import ConfigError, TrainConfig, load_training_recipe
 from codec.train.data import CropBatches, DataError, utterances_from, validation_set
 from codec.train.logging import LOSS_NAMES, CSVLog, stage_columns
-from codec.train.losses import ReconstructionLoss
+from codec.train.losses import CodecLoss
 from codec.train.optim import build_optimizer
+from codec.train.step import TrainStep, train_step
 from codec.train.validate import validate
 
 #: Test hook: "after_ckpt:STEP" SIGKILLs the process right after the checkpoint of STEP is
 #: complete, "during_ckpt:STEP" while it is half-written (before the rename).
 CRASH_ENV = "CODEC_TRAIN_CRASH"
-
-
-class TrainStep(nn.Module):
-    """What DDP wraps: the codec's training forward (its quantizer always runs in fp32, see
-    Codec.forward). forward: audio float [B, 1, T] -> (reconstruction float [B, 1, T],
-    quantizer loss scalar)."""
-
-    def __init__(self, codec: Codec) -> None:
-        super().__init__()
-        self.codec = codec
-
-    def forward(self, wav: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.codec(wav)
-        return out.audio.float(), out.quantizer_loss.float()
 
 
 @dataclass
@@ -63,6 +51,75 @@ class RunResult:
     out_dir: Path
     model_dir: Path
     step: int
+
+
+class Callback:
+    """Hooks into a run (tests use them); every method does nothing by default."""
+
+    def during_checkpoint(self, step: int) -> None:
+        """The checkpoint of ``step`` is written but not yet renamed into place (main rank)."""
+
+    def after_checkpoint(self, step: int) -> None:
+        """The checkpoint of ``step`` is complete."""
+
+    def at_end(self, codec: Codec, rank: int, items: list[str]) -> None:
+        """Training ended; ``items``: the ids of the utterances this rank trained on."""
+
+
+class CrashAt(Callback):
+    """SIGKILL the process during or after the checkpoint of one step (``CODEC_TRAIN_CRASH``)."""
+
+    def __init__(self, spec: str) -> None:
+        kind, _, step = spec.partition(":")
+        self.during = int(step) if kind == "during_ckpt" and step.isdigit() else None
+        self.after = int(step) if kind == "after_ckpt" and step.isdigit() else None
+
+    def during_checkpoint(self, step: int) -> None:
+        if step == self.during:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def after_checkpoint(self, step: int) -> None:
+        if step == self.after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DumpState(Callback):
+    """Every rank writes its final state_dict (rank<r>.safetensors) and the utterance ids it
+    trained on (rank<r>.json) into ``directory``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def at_end(self, codec: Codec, rank: int, items: list[str]) -> None:
+        from safetensors.torch import save_file
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in codec.state_dict().items()}
+        save_file(state, str(self.directory / f"rank{rank}.safetensors"))
+        (self.directory / f"rank{rank}.json").write_text(json.dumps({"items": items}) + "\n")
+
+
+@dataclass
+class Run:
+    """Everything ``setup`` prepared for the loop."""
+
+    cfg: TrainConfig
+    out: Path
+    accelerator: Accelerator
+    module: nn.Module  # TrainStep, prepared (DDP-wrapped with many processes)
+    codec: Codec
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: CodecLoss
+    valid: list
+    batches: CropBatches
+    start: int  # the step the run continues from (0: fresh)
+    log: CSVLog | None  # main process only
+    items_seen: list[str] = field(default_factory=list)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
 def _mixed_precision(setting: str) -> str:
@@ -79,18 +136,6 @@ def _step_seed(seed: int, k: int, rank: int) -> int:
     return (seed * 1_000_003 + k) * 4099 + rank
 
 
-def _crash_hooks() -> tuple[int | None, int | None]:
-    spec = os.environ.get(CRASH_ENV, "")
-    kind, _, step = spec.partition(":")
-    if not step.isdigit():
-        return None, None
-    return (int(step), None) if kind == "after_ckpt" else (None, int(step)) if kind == "during_ckpt" else (None, None)
-
-
-def _kill_self(_: object = None) -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _make_trackers() -> list[str]:
     try:
         import tensorboard  # noqa: F401
@@ -99,16 +144,10 @@ def _make_trackers() -> list[str]:
     return ["tensorboard"]
 
 
-def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str | Path | None = None,
-          resume: bool = False, dump_state: str | Path | None = None, quiet: bool = False) -> RunResult:
-    """Train the recipe's model; returns where the results are.
-
-    Writes under out_dir: recipe.yaml (the merged recipe), log.csv, tensorboard/, checkpoints/
-    and, at the end, model/ (``Codec.save_pretrained``). ``resume`` continues from the newest
-    complete checkpoint. ``dump_state`` (a test hook) makes every rank write its final
-    state_dict (rank<r>.safetensors) and the ids of the utterances it trained on (rank<r>.json).
-    Raises ConfigError / DataError on bad input.
-    """
+def setup(recipe: str | Path, overrides: list[str] | None, out_dir: str | Path | None, resume: bool) -> Run:
+    """Read the recipe, check the data, build the model, optimizer and schedule, and resume
+    from the newest complete checkpoint when asked. Raises ConfigError / DataError before
+    anything heavy happens."""
     recipe_dict, model_cfg, cfg = load_training_recipe(recipe, overrides)
     # accelerate >= 1.x deprecates broadcast_buffers in favour of forward_sync_buffers, but says
     # itself to keep it when buffers must not be re-broadcast every step, which is our case.
@@ -122,27 +161,22 @@ def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str |
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)],
     )
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
-    device = accelerator.device
-
     latest = ckpt.latest_checkpoint(out)
     if latest is not None and not resume:
         raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out-dir")
 
-    # ----- data: fail before anything heavy happens -----------------------------------------
     root = cfg.data_root()
     train_utts = utterances_from(cfg.data.train_manifest, root, cfg.data.train_subsets)
     valid_utts = utterances_from(cfg.data.valid_manifest, root, cfg.data.valid_subsets)
     valid = validation_set(valid_utts, {u.speaker for u in train_utts}, cfg.data.valid_utterances,
                            model_cfg.sample_rate, cfg.data.valid_seconds)
 
-    # ----- resume or fresh start ------------------------------------------------------------
     accelerator.wait_for_everyone()  # every rank has looked before the main one cleans up
     if main:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.remove_partial(out)
         (out / "recipe.yaml").write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
 
-    # ----- model, optimizer, schedule -------------------------------------------------------
     torch.manual_seed(cfg.seed)  # identical initial weights and buffers on every rank
     try:
         codec = Codec(model_cfg)
@@ -154,9 +188,7 @@ def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str |
     # Not prepared: accelerate would step it once per process; our steps are optimizer updates.
     accelerator.register_for_checkpointing(scheduler)
     codec = accelerator.unwrap_model(module).codec
-    loss_fn = ReconstructionLoss(codec.sample_rate, stft_weight=cfg.loss.stft, l1_weight=cfg.loss.l1,
-                                 mel_weight=cfg.loss.mel, mel_windows=cfg.loss.mel_windows,
-                                 n_mels=cfg.loss.n_mels).to(device)
+    loss_fn = CodecLoss(codec.sample_rate, cfg.loss).to(accelerator.device)
 
     start = 0
     if resume and latest is not None:
@@ -166,119 +198,132 @@ def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str |
     if main:
         accelerator.init_trackers("tensorboard")
     log = CSVLog(out / "log.csv", codec.num_stages, resume_step=start if resume else None) if main else None
-
-    # ----- the batches this rank will see: micro-steps start*accum .. total*accum - 1 ----------
-    accum = cfg.grad_accum
     batches = CropBatches(train_utts, codec.sample_rate, cfg.data.crop_seconds, cfg.batch_size,
                           cfg.seed, rank, world)
-    loader = DataLoader(batches, batch_size=None, sampler=range(start * accum, cfg.total_steps * accum),
+    return Run(cfg, out, accelerator, module, codec, optimizer, scheduler, loss_fn, valid, batches, start, log)
+
+
+def log_train(run: Run, step: int, means: Tensor, grad_norm: float, audio_s_per_s: float, bar) -> None:
+    """One train row (main process): the mean losses since the last row (the logged terms),
+    lr, gradient norm, throughput and each stage's window statistics."""
+    stats = [{"perplexity": s["window_perplexity"], "utilisation": s["window_utilisation"],
+              "dead_codes": s["dead_codes"]} for s in run.codec.quantizer.statistics()]
+    logged = {"loss", *run.loss_fn.reported(with_quantizer=True)}
+    row = {**{n: float(v) for n, v in zip(LOSS_NAMES, means) if n in logged},
+           "lr": run.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+           "audio_s_per_s": audio_s_per_s, **stage_columns(stats)}
+    run.log.write(step, "train", row)
+    run.accelerator.log({f"train/{k}": v for k, v in row.items() if not math.isnan(v)}, step=step)
+    bar.set_postfix(loss=f"{row['loss']:.3f}", audio_s_per_s=f"{row['audio_s_per_s']:.1f}")
+
+
+def run_validation(run: Run, step: int) -> None:
+    """Validate through encode and decode on every rank; the main one writes the valid row."""
+    res = validate(run.accelerator, run.codec, run.loss_fn, run.valid, run.cfg.pesq_utterances)
+    if run.main:
+        row = {**res["losses"], "pesq": res["pesq"], **stage_columns(res["stages"])}
+        run.log.write(step, "valid", row)
+        run.accelerator.log({f"valid/{k}": v for k, v in row.items() if not math.isnan(v)}, step=step)
+
+
+def checkpoint(run: Run, step: int, callbacks: list[Callback]) -> None:
+    """Write the checkpoint of ``step`` (atomically, the last ``keep_last`` kept)."""
+    def during(_tmp: object) -> None:
+        for cb in callbacks:
+            cb.during_checkpoint(step)
+
+    ckpt.save_checkpoint(run.accelerator, run.out, step, run.cfg.keep_last, {"seed": run.cfg.seed},
+                         crash_hook=during)
+    for cb in callbacks:
+        cb.after_checkpoint(step)
+
+
+def export(run: Run) -> Path:
+    """The trained model as ``out/model`` (``Codec.save_pretrained``, replaced atomically)."""
+    model_dir = run.out / "model"
+    if run.main:
+        tmp = run.out / ".tmp-model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        run.codec.save_pretrained(tmp)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        tmp.rename(model_dir)
+    return model_dir
+
+
+def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str | Path | None = None,
+          resume: bool = False, dump_state: str | Path | None = None, quiet: bool = False,
+          callbacks: list[Callback] | None = None) -> RunResult:
+    """Train the recipe's model; returns where the results are.
+
+    Writes under out_dir: recipe.yaml (the merged recipe), log.csv, tensorboard/, checkpoints/
+    and, at the end, model/ (``Codec.save_pretrained``). ``resume`` continues from the newest
+    complete checkpoint. ``dump_state`` (a test hook, ``DumpState``) makes every rank write its
+    final state and the utterances it trained on. $CODEC_TRAIN_CRASH adds ``CrashAt``.
+    Raises ConfigError / DataError on bad input.
+    """
+    callbacks = list(callbacks or [])
+    if os.environ.get(CRASH_ENV):
+        callbacks.append(CrashAt(os.environ[CRASH_ENV]))
+    if dump_state is not None:
+        callbacks.append(DumpState(dump_state))
+    run = setup(recipe, overrides, out_dir, resume)
+    cfg, accelerator, rank = run.cfg, run.accelerator, run.accelerator.process_index
+    accum, world = cfg.grad_accum, accelerator.num_processes
+    # The micro-steps this rank will see: start*accum .. total*accum - 1.
+    loader = DataLoader(run.batches, batch_size=None, sampler=range(run.start * accum, cfg.total_steps * accum),
                         num_workers=cfg.data.num_workers, prefetch_factor=4 if cfg.data.num_workers else None)
-    items_seen: list[str] = []
-    crash_after, crash_during = _crash_hooks()
-
-    def checkpoint(step: int) -> None:
-        hook = _kill_self if crash_during == step else None
-        ckpt.save_checkpoint(accelerator, out, step, cfg.keep_last, {"seed": cfg.seed}, crash_hook=hook)
-        if crash_after == step:
-            _kill_self()
-
-    def run_validation(step: int) -> None:
-        res = validate(accelerator, codec, loss_fn, valid, cfg.pesq_utterances)
-        if main:
-            row = {**res["losses"], "pesq": res["pesq"], **stage_columns(res["stages"])}
-            log.write(step, "valid", row)
-            accelerator.log({f"valid/{k}": v for k, v in row.items() if not math.isnan(v)}, step=step)
-
-    # ----- the loop -------------------------------------------------------------------------
-    module.train()
-    sums = torch.zeros(len(LOSS_NAMES), device=device)
-    n_sums, grad_norm, t0 = 0, float("nan"), time.perf_counter()
-    audio_per_step = cfg.batch_size * accum * world * cfg.data.crop_seconds  # seconds, all ranks
-    it = iter(loader)
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.total_steps, initial=start, desc="train", unit="step", disable=not main or quiet,
-               file=sys.stderr, dynamic_ncols=True)
-    step = start
+    bar = tqdm(total=cfg.total_steps, initial=run.start, desc="train", unit="step",
+               disable=not run.main or quiet, file=sys.stderr, dynamic_ncols=True)
+    run.module.train()
+    sums = torch.zeros(len(LOSS_NAMES), device=accelerator.device)
+    n_sums, t0 = 0, time.perf_counter()
+    audio_per_step = cfg.batch_size * accum * world * cfg.data.crop_seconds  # seconds, all ranks
+    it = iter(loader)
+    step = run.start
     # A wall-clock budget (train.max_minutes) ends the run like the last step would; the
     # decision is rank 0's, shared every step so that all ranks stop together.
     deadline = time.monotonic() + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else None
     stop = False
     while step < cfg.total_steps and not stop:
-        for micro in range(accum):
-            k = step * accum + micro
-            batch = next(it)
-            items_seen += [batches.utterances[int(i)].id for i in batch["index"]]
-            wav = batch["audio"].to(device)
-            torch.manual_seed(_step_seed(cfg.seed, k, rank))
-            sync = micro == accum - 1
-            with accelerator.no_sync(module) if not sync else contextlib.nullcontext():
-                pred, q_loss = module(wav)
-                recon, parts = loss_fn(pred, wav)
-                loss = recon + cfg.loss.quantizer * q_loss
-                accelerator.backward(loss / accum)
-            values = {"loss": loss, "quantizer": q_loss, **parts}
-            sums += torch.stack([values[n].detach().float() if n in values else sums.new_zeros(())
-                                 for n in LOSS_NAMES])
-            n_sums += 1
-        grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), cfg.clip_grad_norm or math.inf))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        batch_list = [next(it) for _ in range(accum)]
+        for batch in batch_list:
+            run.items_seen += [run.batches.utterances[int(i)].id for i in batch["index"]]
+        seeds = [_step_seed(cfg.seed, step * accum + micro, rank) for micro in range(accum)]
+        totals, grad_norm = train_step(run.module, run.loss_fn, run.optimizer, run.scheduler,
+                                       [b["audio"].to(accelerator.device) for b in batch_list],
+                                       cfg.clip_grad_norm, seeds, accelerator)
+        sums += torch.stack([totals[n] if n in totals else sums.new_zeros(()) for n in LOSS_NAMES])
+        n_sums += accum
         step += 1
         bar.update(1)
         if deadline is not None:
-            late = torch.tensor(float(time.monotonic() > deadline), device=device)
+            late = torch.tensor(float(time.monotonic() > deadline), device=accelerator.device)
             stop = bool(broadcast_from_rank0(late))
         last = stop or step == cfg.total_steps
-
         if step % cfg.log_every == 0 or last:
             means = accelerator.reduce(sums / max(1, n_sums), reduction="mean")
-            elapsed = time.perf_counter() - t0
-            if main:
-                stats = [{"perplexity": s["window_perplexity"], "utilisation": s["window_utilisation"],
-                          "dead_codes": s["dead_codes"]} for s in codec.quantizer.statistics()]
-                row = {**{n: float(v) for n, v in zip(LOSS_NAMES, means) if n in ("loss", "quantizer")
-                          or getattr(cfg.loss, n)},
-                       "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                       "audio_s_per_s": audio_per_step * n_sums / accum / elapsed, **stage_columns(stats)}
-                log.write(step, "train", row)
-                accelerator.log({f"train/{k}": v for k, v in row.items() if not math.isnan(v)}, step=step)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", audio_s_per_s=f"{row['audio_s_per_s']:.1f}")
+            if run.main:
+                rate = audio_per_step * n_sums / accum / (time.perf_counter() - t0)
+                log_train(run, step, means, grad_norm, rate, bar)
             sums.zero_()
             n_sums, t0 = 0, time.perf_counter()
         if step % cfg.val_every == 0 or last:
-            run_validation(step)
+            run_validation(run, step)
         if step % cfg.ckpt_every == 0 or last:
-            checkpoint(step)
+            checkpoint(run, step, callbacks)
             t0 = time.perf_counter()  # checkpoint time is not training throughput
     bar.close()
 
-    # ----- export ---------------------------------------------------------------------------
-    model_dir = out / "model"
-    if main:
-        tmp = out / ".tmp-model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        codec.save_pretrained(tmp)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        tmp.rename(model_dir)
-    if dump_state is not None:
-        _dump(Path(dump_state), rank, codec, items_seen)
+    model_dir = export(run)
+    for cb in callbacks:
+        cb.at_end(run.codec, rank, run.items_seen)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    if main and not quiet:
-        print(f"codec: trained {step} steps; model in {model_dir}, log in {out / 'log.csv'}", file=sys.stderr)
-    return RunResult(out, model_dir, step)
+    if run.main and not quiet:
+        print(f"codec: trained {step} steps; model in {model_dir}, log in {run.out / 'log.csv'}", file=sys.stderr)
+    return RunResult(run.out, model_dir, step)
 
 
-def _dump(directory: Path, rank: int, codec: Codec, items: list[str]) -> None:
-    """Test hook: this rank's final state_dict and the utterance ids it trained on."""
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in codec.state_dict().items()}
-    save_file(state, str(directory / f"rank{rank}.safetensors"))
-    (directory / f"rank{rank}.json").write_text(json.dumps({"items": items}) + "\n")
-
-
-__all__ = ["ConfigError", "DataError", "RunResult", "TrainConfig", "TrainStep", "train"]
+__all__ = ["Callback", "ConfigError", "DataError", "RunResult", "TrainConfig", "TrainStep", "train"]

@@ -1,11 +1,14 @@
-"""Reconstruction losses used to train the codec: auraloss multi-resolution STFT, a multi-scale
-log-mel L1 (DAC-style: several window sizes, fewer mel bands for short windows), and an
-optional waveform L1. All are computed in float32 whatever the autocast context, because
-bf16 log-spectra are too coarse to train on.
+"""The training loss, composed in one place: named terms (auraloss multi-resolution STFT, a
+multi-scale log-mel L1 (DAC-style: several window sizes, fewer mel bands for short windows), an
+optional waveform L1, and the quantizer stack's auxiliary loss), one dict of weights over them
+(``LossConfig``, the recipe's ``train.loss``), and ``CodecLoss``, which the training loop,
+validation and the benchmark use alike. Audio terms are computed in float32 whatever the
+autocast context, because bf16 log-spectra are too coarse to train on.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 
 import auraloss
 import librosa
@@ -53,23 +56,53 @@ class MultiScaleMelLoss(nn.Module):
         return total / len(self.windows)
 
 
-class ReconstructionLoss(nn.Module):
-    """Weighted sum of the multi-resolution STFT loss, the multi-scale mel L1 and a waveform L1
-    (a weight of 0 skips the term).
+#: The named terms of the training loss, in the order logs list them. "quantizer" is the
+#: stack's own auxiliary loss (commitment, codebook), the others compare audio.
+TERM_NAMES = ("stft", "mel", "l1", "quantizer")
+AUDIO_TERMS = ("stft", "mel", "l1")
 
-    forward(pred, target): float [B, 1, T] each -> (total scalar, {name: unweighted scalar}).
+
+@dataclass
+class LossConfig:
+    """The recipe's ``train.loss`` section: one weight per term of TERM_NAMES (0 switches a
+    term off) and the mel term's resolutions. The defaults here are the only ones."""
+
+    stft: float = 1.0  # auraloss multi-resolution STFT
+    mel: float = 1.0  # multi-scale log-mel L1
+    l1: float = 0.0  # waveform L1
+    quantizer: float = 1.0  # the quantizer stack's auxiliary losses
+    mel_windows: list = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])  # samples
+    n_mels: list = field(default_factory=lambda: [5, 10, 20, 40, 80, 80, 80])  # per window
+
+    def weights(self) -> dict[str, float]:
+        """{term: weight} for every term of TERM_NAMES (DAC's ``lambdas``)."""
+        return {name: float(getattr(self, name)) for name in TERM_NAMES}
+
+
+class CodecLoss(nn.Module):
+    """The training objective: sum over terms of weight x term, from one dict of weights.
+
+    forward(pred, target, quantizer_loss=None): audio float [B, 1, T] each and the stack's
+    auxiliary loss (a scalar; None where there is none, as in validation through encode and
+    decode) -> (total scalar, {term: unweighted scalar}: the audio terms with a non-zero
+    weight, and "quantizer" whenever it is given, even at weight 0, so that logs show it). The
+    training loop, validation and the benchmark all call it this way.
     """
 
-    def __init__(self, sample_rate: int = 16000, stft_weight: float = 1.0, l1_weight: float = 0.0,
-                 mel_weight: float = 0.0, mel_windows: list[int] | None = None,
-                 n_mels: list[int] | None = None) -> None:
+    def __init__(self, sample_rate: int, cfg: LossConfig | None = None) -> None:
         super().__init__()
+        cfg = cfg or LossConfig()
+        self.weights = cfg.weights()
         self.stft = multi_resolution_stft(sample_rate)
-        self.mel = MultiScaleMelLoss(sample_rate, mel_windows or [32, 64, 128, 256, 512, 1024, 2048],
-                                     n_mels or [5, 10, 20, 40, 80, 80, 80])
-        self.weights = {"stft": stft_weight, "mel": mel_weight, "l1": l1_weight}
+        self.mel = MultiScaleMelLoss(sample_rate, cfg.mel_windows, cfg.n_mels)
 
-    def forward(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def reported(self, with_quantizer: bool = True) -> list[str]:
+        """The terms ``forward`` returns, in TERM_NAMES order (``with_quantizer``: a quantizer
+        loss is passed)."""
+        return [n for n in TERM_NAMES if (n == "quantizer" and with_quantizer) or (n != "quantizer" and self.weights[n])]
+
+    def forward(self, pred: Tensor, target: Tensor,
+                quantizer_loss: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         pred, target = pred.float(), target.float()
         with torch.autocast(pred.device.type, enabled=False):
             parts: dict[str, Tensor] = {}
@@ -79,5 +112,7 @@ class ReconstructionLoss(nn.Module):
                 parts["mel"] = self.mel(pred, target)
             if self.weights["l1"]:
                 parts["l1"] = (pred - target).abs().mean()
+            if quantizer_loss is not None:
+                parts["quantizer"] = quantizer_loss.float()
             total = sum((self.weights[k] * v for k, v in parts.items()), pred.new_zeros(()))
         return total, parts

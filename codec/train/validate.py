@@ -18,7 +18,7 @@ from torch import Tensor
 
 from codec.model import Codec
 from codec.quant.stats import perplexity, utilisation
-from codec.train.losses import ReconstructionLoss
+from codec.train.losses import CodecLoss
 
 PESQ_RATE = 16000  # wide-band PESQ is defined at 16 kHz
 
@@ -45,7 +45,7 @@ def code_statistics(counts: list[Tensor]) -> list[dict[str, float]]:
 
 
 @torch.no_grad()
-def validate(accelerator: Accelerator, codec: Codec, loss_fn: ReconstructionLoss,
+def validate(accelerator: Accelerator, codec: Codec, loss_fn: CodecLoss,
              valid: list[tuple[str, Tensor]], pesq_utterances: int) -> dict[str, object]:
     """Returns {"losses": {name: mean over utterances}, "pesq": mean (NaN if none),
     "stages": per-stage statistics}. Call on every rank (it all-reduces)."""
@@ -53,7 +53,7 @@ def validate(accelerator: Accelerator, codec: Codec, loss_fn: ReconstructionLoss
     codec.eval()
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
-    names = ["loss", "stft", "mel", "l1"]
+    names = ["loss", *loss_fn.reported(with_quantizer=False)]
     sums = torch.zeros(len(names) + 2, dtype=torch.float64, device=device)  # + pesq sum, pesq count
     counts = [torch.zeros(k, dtype=torch.float64, device=device) for k in codec.codebook_sizes]
     for j in range(rank, len(valid), world):
@@ -64,8 +64,7 @@ def validate(accelerator: Accelerator, codec: Codec, loss_fn: ReconstructionLoss
         total, parts = loss_fn(audio, wav)
         values = {"loss": total, **parts}
         for i, n in enumerate(names):
-            if n in values:
-                sums[i] += float(values[n])
+            sums[i] += float(values[n])
         for s in range(codes.shape[1]):
             counts[s] += torch.bincount(codes[0, s], minlength=counts[s].numel()).to(counts[s])
         if j < pesq_utterances:
@@ -79,7 +78,7 @@ def validate(accelerator: Accelerator, codec: Codec, loss_fn: ReconstructionLoss
     counts = [accelerator.reduce(c, reduction="sum") for c in counts]
     codec.train(was_training)
     n = max(1, len(valid))
-    losses = {name: float(sums[i]) / n for i, name in enumerate(names) if name == "loss" or loss_fn.weights[name]}
+    losses = {name: float(sums[i]) / n for i, name in enumerate(names)}
     return {
         "losses": losses,
         "pesq": float(sums[-2] / sums[-1]) if sums[-1] > 0 else math.nan,
