@@ -15,10 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from codec.config import ModelConfig
-from codec.nn.convnext import ConvNeXtDecoder, ConvNeXtEncoder
+from codec.config import ARCHITECTURES, ModelConfig
 from codec.nn.frame_linear import set_int8
-from codec.nn.seanet import Decoder, Encoder
 from codec.nn.streaming import set_streaming
 from codec.quant.residual import ResidualQuantizer
 from codec.recipe import ConfigError, load_recipe
@@ -48,23 +46,10 @@ class CodecOutput:
 
 def build_encoder_decoder(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """The encoder (audio [B, 1, T] -> latents [B, D, T / hop]) and the decoder (latents ->
-    audio [B, 1, F * hop]) of ``cfg.architecture``."""
-    if cfg.architecture == "convnext":
-        shape = {"latent_dim": cfg.latent_dim, "hop": int(math.prod(cfg.strides)), "width": cfg.width,
-                 "kernel_size": cfg.kernel_size, "mlp_ratio": cfg.mlp_ratio}
-        return (ConvNeXtEncoder(blocks=cfg.encoder_blocks, **shape),
-                ConvNeXtDecoder(blocks=cfg.decoder_blocks, **shape))
-    shape = {
-        "channels": cfg.channels,
-        "latent_dim": cfg.latent_dim,
-        "strides": cfg.strides,
-        "dilations": cfg.dilations,
-        "kernel_size": cfg.kernel_size,
-        "residual_kernel_size": cfg.residual_kernel_size,
-        "norm": cfg.norm,
-        "activation": cfg.activation,
-    }
-    return Encoder(**shape), Decoder(**shape)
+    audio [B, 1, F * hop]) of ``cfg.architecture`` (``codec.config.ARCHITECTURES``)."""
+    _, encoder, decoder = ARCHITECTURES[cfg.architecture]
+    arch = cfg.architecture_config()
+    return encoder(arch, cfg.latent_dim), decoder(arch, cfg.latent_dim)
 
 
 class Codec(nn.Module):

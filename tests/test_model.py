@@ -357,3 +357,22 @@ def test_fast_elu_is_elu() -> None:
     away = x.detach().abs() > 1e-2
     assert (x.grad[away] - x_ref.grad[away]).abs().max().item() <= 1e-6
     assert (x.grad - x_ref.grad).abs().max().item() <= 1e-3
+
+
+def test_each_architecture_config_builds_its_networks_and_the_saved_format_is_kept() -> None:
+    """ModelConfig inherits every architecture's config fields and serialises them flat, with
+    exactly the keys config.json files (and so model fingerprints) have always had; each
+    architecture's networks are built from its own config alone."""
+    from codec.config import ARCHITECTURES, ModelConfig
+
+    assert set(ModelConfig().to_dict()) == {
+        "activation", "architecture", "channels", "decoder_blocks", "dilations", "encoder_blocks", "kernel_size",
+        "latent_dim", "mlp_ratio", "norm", "quantizer", "residual_kernel_size", "sample_rate", "strides", "width"}
+    for name, (cls, encoder, decoder) in ARCHITECTURES.items():
+        cfg = ModelConfig.from_dict({"architecture": name, "strides": [4, 4], "width": 8, "channels": 2})
+        arch = cfg.architecture_config()
+        assert type(arch) is cls and arch.strides == [4, 4]
+        z = encoder(arch, 16)(torch.zeros(1, 1, 64))
+        assert z.shape == (1, 16, 4) and decoder(arch, 16)(z).shape == (1, 1, 64)
+        with pytest.raises(ConfigError):
+            ModelConfig.from_dict({"architecture": name, "width": 0, "channels": 0})

@@ -13,6 +13,9 @@ parameters are cast to the input's dtype on the fly.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -47,15 +50,39 @@ class ConvNeXtBlock(nn.Module):
         return x + (h * self.gamma.to(h.dtype)).transpose(1, 2)
 
 
+@dataclass
+class ConvNeXtConfig:
+    """The frame-rate ConvNeXt codec's shape (``architecture: convnext``): ``width`` channels,
+    ``encoder_blocks`` and ``decoder_blocks`` ConvNeXt blocks with depthwise kernels of
+    ``kernel_size`` frames and MLPs of ``mlp_ratio`` x width; the hop is the product of
+    ``strides`` (one STFT hop per frame)."""
+
+    width: int = 384
+    encoder_blocks: int = 4
+    decoder_blocks: int = 8
+    mlp_ratio: int = 3
+    kernel_size: int = 7
+    strides: list = field(default_factory=lambda: [2, 4, 5, 8])
+
+    @property
+    def hop(self) -> int:
+        return int(math.prod(self.strides))
+
+    def validate(self) -> None:
+        """ValueError on a shape no network can be built with."""
+        if min(self.width, self.mlp_ratio, self.kernel_size) < 1 or min(self.encoder_blocks, self.decoder_blocks) < 0:
+            raise ValueError("width, mlp_ratio and kernel_size must be positive, block counts non-negative")
+
+
 class ConvNeXtEncoder(nn.Module):
     """Waveform float [B, 1, T] (T a multiple of hop) -> latents [B, latent_dim, T / hop]."""
 
-    def __init__(self, latent_dim: int, hop: int, width: int, blocks: int, kernel_size: int = 7,
-                 mlp_ratio: int = 3) -> None:
+    def __init__(self, cfg: ConvNeXtConfig, latent_dim: int) -> None:
         super().__init__()
-        self.stft = CausalSTFT(hop)
+        width, mlp_ratio, kernel_size = cfg.width, cfg.mlp_ratio, cfg.kernel_size
+        self.stft = CausalSTFT(cfg.hop)
         self.inp = nn.Linear(self.stft.features, width)
-        self.blocks = nn.Sequential(*[ConvNeXtBlock(width, kernel_size, mlp_ratio) for _ in range(blocks)])
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(width, kernel_size, mlp_ratio) for _ in range(cfg.encoder_blocks)])
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, latent_dim)
 
@@ -67,14 +94,14 @@ class ConvNeXtEncoder(nn.Module):
 class ConvNeXtDecoder(nn.Module):
     """Latents float [B, latent_dim, F] -> waveform [B, 1, F * hop]."""
 
-    def __init__(self, latent_dim: int, hop: int, width: int, blocks: int, kernel_size: int = 7,
-                 mlp_ratio: int = 3) -> None:
+    def __init__(self, cfg: ConvNeXtConfig, latent_dim: int) -> None:
         super().__init__()
+        width, mlp_ratio, kernel_size = cfg.width, cfg.mlp_ratio, cfg.kernel_size
         self.inp = CausalConv1d(latent_dim, width, 3, norm="none")
-        self.blocks = nn.Sequential(*[ConvNeXtBlock(width, kernel_size, mlp_ratio) for _ in range(blocks)])
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(width, kernel_size, mlp_ratio) for _ in range(cfg.decoder_blocks)])
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, 2 * (hop + 1))
-        self.istft = CausalISTFT(hop)
+        self.head = nn.Linear(width, 2 * (cfg.hop + 1))
+        self.istft = CausalISTFT(cfg.hop)
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.blocks(self.inp(z)).transpose(1, 2)
