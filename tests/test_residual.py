@@ -596,3 +596,45 @@ def test_hybrid_recipe_resolves_to_simvq_then_eleven_ema() -> None:
     assert all(isinstance(s.quantizer, EMAQuantizer) for s in rq.stages[1:])
     assert rq.stages[1].quantizer.decay == base["ema"]["decay"]
     assert rq.codebook_sizes == [1024] * 12
+
+
+# --- SF-DiVeQ warm-up inside a stack ----------------------------------------------------------
+
+def test_sf_diveq_warmup_leaves_later_stages_their_own_remainders() -> None:
+    """During warm-up an SF-DiVeQ stage is the identity for the output, but the chain still
+    subtracts its symbol: later stages collect real remainders (before, they saw an exactly
+    zero residual and initialised every vertex, or an EMA stage its k-means, at zero)."""
+    torch.manual_seed(0)
+    cfg = QuantizerConfig(n_stages=3, kind="sf_diveq", codebook_size=16, dropout=0.0,
+                          options={"sf_diveq": {"warmup_steps": 3, "restart_after": 0}})
+    rq = ResidualQuantizer(8, cfg).train()
+    z = torch.randn(4, 8, 50)
+    for _ in range(3):
+        out = rq(z)
+        assert torch.equal(out.quantized, z)  # the identity while warming up
+    rq(torch.randn(4, 8, 50))  # the step that sets the vertices
+    spreads = [float(s.quantizer.vertices.detach().std()) for s in rq.stages]
+    assert min(spreads) > 0.3 * spreads[0], spreads  # was [0.17, 0.0, 0.0]
+    # an EMA stage after a warming SF-DiVeQ stage initialises its k-means on remainders too
+    mixed = QuantizerConfig(stages=[{"kind": "sf_diveq", "options": {"warmup_steps": 3}}, {"kind": "ema"}],
+                            codebook_size=16, dropout=0.0)
+    rq = ResidualQuantizer(8, mixed).train()
+    rq(z)
+    book = rq.stages[1].quantizer.codebook()
+    assert float(book.std()) > 0.3 * float(z.std()), float(book.std())
+
+
+def test_sf_diveq_warmup_identity_follows_quantizer_dropout() -> None:
+    """Rows whose items drop the warming stage keep the plain sum of their own stages."""
+    torch.manual_seed(0)
+    cfg = QuantizerConfig(stages=[{"kind": "ema"}, {"kind": "sf_diveq", "options": {"warmup_steps": 5}}],
+                          codebook_size=16, dropout=0.0)
+    rq = ResidualQuantizer(8, cfg).train()
+    z = torch.randn(2, 8, 30, requires_grad=True)
+    rq(torch.randn(2, 8, 30))  # the EMA stage's k-means
+    out = rq(z, n_q=1)
+    assert not torch.equal(out.quantized, z)  # the SF-DiVeQ stage is not used: EMA's output
+    out = rq(z)
+    assert torch.equal(out.quantized, z)
+    out.quantized.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))  # identity gradient to the encoder

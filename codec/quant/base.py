@@ -26,12 +26,16 @@ class QuantizerOutput:
         graph to the codebook parameters (if any), so the residual stack can route gradients.
     loss: scalar float, the kind's auxiliary loss (0 for DiVeQ / SF-DiVeQ), averaged over the
         active rows.
+    passthrough: True while the kind is the identity (SF-DiVeQ's warm-up): ``quantized`` is
+        the input, and ``codeword`` the hard symbol of the current codebook, detached, which
+        the residual stack still subtracts so that later stages see their own remainders.
     """
 
     quantized: Tensor
     codes: Tensor
     codeword: Tensor
     loss: Tensor
+    passthrough: bool = False
 
 
 class Quantizer(nn.Module):

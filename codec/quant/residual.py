@@ -6,6 +6,9 @@ Gradient wiring follows QUANTIZERS.md section 7:
 - with only STE-family stages the output is z + sg(sum c - z) (encoder Jacobian exactly I);
 - with any DiVeQ-family stage, one global DiVeQ step over the total,
   z^ = z + ||c' - z|| sg(v), where c' keeps the DiVeQ stages' Parameter gradients;
+- a passthrough stage (SF-DiVeQ during its warm-up) makes the output of every row that uses
+  it that row's input z (the identity), while the chain still subtracts its hard symbol, so
+  the stages after it collect, update and initialise on their own remainders, not on zeros;
 - a stage with a low-dimensional projection adds t - sg(t), t = out(p + sg(c - p)),
   p = in(sg(r)): zero in value, it trains both projections as DAC's per-stage STE would,
   without touching the encoder's identity gradient.
@@ -211,6 +214,8 @@ class ResidualQuantizer(nn.Module):
         proj_terms = torch.zeros_like(x)
         any_diff = False
         sigma = 0.0
+        # rows whose output is the input: a stage they use is a passthrough (SF-DiVeQ warm-up)
+        identity = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         losses, codes, counts = [], [], []
         for i, stage in enumerate(self.stages[:n_run]):
             active = row_nq > i
@@ -218,6 +223,8 @@ class ResidualQuantizer(nn.Module):
                 active = active & valid
             p = stage.in_proj(r)
             out = stage.quantizer(p, mask=active)
+            if out.passthrough:
+                identity |= row_nq > i
             keep = active.unsqueeze(1).to(x.dtype)
             # eval: the very rows ``decode`` looks up, so the output is decode(encode(z))
             c_lat = stage.out_proj(out.codeword) if self.training else stage.decode(out.codes, x.dtype)
@@ -244,6 +251,8 @@ class ResidualQuantizer(nn.Module):
             quantized = x + directional_step(x, diff_sum, sigma) + proj_terms
         else:
             quantized = x + (hard_sum - x).detach() + proj_terms
+        if self.training and bool(identity.any()):
+            quantized = torch.where(identity[:, None], x, quantized)
 
         if self.training:
             counts = self._sync_counts(counts)

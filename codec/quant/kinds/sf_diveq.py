@@ -123,7 +123,9 @@ class SFDiVeQQuantizer(Quantizer):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
         """x: float [N, d]; mask: bool [N] or None -> QuantizerOutput (see base.py), loss 0.
 
-        Warm-up: y = codeword = x, codes from the midpoint search, vertices untouched.
+        Warm-up (``passthrough``): y = x, codes from the midpoint search, codeword the
+        detached midpoint of each code (what a residual stack subtracts, so the stages after
+        this one collect their own remainders rather than zeros), vertices untouched.
         """
         if not self.training:
             return self.eval_output(x)
@@ -131,8 +133,11 @@ class SFDiVeQQuantizer(Quantizer):
         self.step += 1
         if step < self.warmup_steps:
             self._collect(x, mask)
-            codes = nearest(x, self.codebook())
-            return QuantizerOutput(quantized=x, codes=codes, codeword=x, loss=x.new_zeros(()))
+            with torch.no_grad():
+                book = self.codebook()
+                codes = nearest(x, book)
+            return QuantizerOutput(quantized=x, codes=codes, codeword=book[codes].to(x.dtype),
+                                   loss=x.new_zeros(()), passthrough=True)
         if step == self.warmup_steps and self.warmup_steps > 0:
             self._init_vertices()  # before the vertices enter this step's graph
         if self.restart is not None:
