@@ -6,6 +6,7 @@ them on); these tests check what each option promises with real numbers.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,11 @@ import torch.multiprocessing as mp
 from conftest import REPO, average_gradients, rank_differences, rank_states, save_rank_state, tiny_recipe
 
 from codec import Codec
+from codec.config import ModelConfig
 from codec.quant import build_quantizer
 from codec.quant.base import l2_normalize
 from codec.quant.restart import CodeRestart
+from codec.recipe import load_recipe
 
 DIM, K = 8, 32
 COSINE_KINDS = ["ste", "ema", "simvq", "diveq"]
@@ -264,3 +267,28 @@ def test_recipes_build_with_the_usage_options(kind: str) -> None:
     model = Codec.from_config(tiny_recipe(kind))
     assert model.num_stages == 4
     assert (REPO / "recipes" / f"{kind}.yaml").exists()
+
+
+# --- EMA dead-code threshold follows the batch --------------------------------------------------
+EMA_RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.yaml")
+                     if any(s.kind == "ema" for s in ModelConfig.from_dict(load_recipe(p)).quantizer.resolved_stages()))
+
+
+@pytest.mark.parametrize("recipe", EMA_RECIPES)
+def test_no_recipe_restarts_most_of_an_ema_codebook_every_step(recipe: str) -> None:
+    """With each recipe's EMA options, codebook size and rows per step (batch x crop x frame
+    rate), stationary latents settle to a few restarts per step: an absolute threshold of 2
+    (base.yaml before) restarted about 80% of 1024 codes every step at 800 rows."""
+    from codec.train.config import load_training_recipe
+
+    _, model_cfg, cfg = load_training_recipe(REPO / "recipes" / recipe)
+    stage = next(s for s in model_cfg.quantizer.resolved_stages() if s.kind == "ema")
+    rows = int(cfg.batch_size * cfg.data.crop_seconds * model_cfg.sample_rate / math.prod(model_cfg.strides))
+    torch.manual_seed(0)
+    q = build_quantizer("ema", 16, stage.codebook_size, **stage.options).train()
+    restarts = []
+    for _ in range(300):
+        q(torch.randn(rows, 16))
+        restarts.append(q.last_restarts)
+    late = sum(restarts[-100:]) / 100
+    assert late < 0.02 * stage.codebook_size, (recipe, rows, late, q.threshold())

@@ -109,7 +109,9 @@ def test_p13_codec_encode_runs_exact_fp64_chain() -> None:
     """model.encode in exact mode: encoder and search in float64, each stage searching the exact fp64
     residual z - sum_{j<i} c_j (codewords cast to fp64), codes = fp64 argmin (up to near-ties);
     decode(encode(x)) is the decoder applied to the fp32 sum of lookups."""
-    model = tiny_model("ema")
+    # every code restarted onto a distinct-ish batch row after the first step (an absolute
+    # threshold above any code's size): codebooks of distinct codewords, few near-ties
+    model = tiny_model("ema", options={"ema": {"dead_threshold": 2.0, "dead_fraction": 0.0}})
     model.train()
     wav = speech(1.0)
     model(wav)  # k-means init + one EMA step so the codebooks are data-fitted
@@ -278,7 +280,7 @@ def test_p16_ema_statistics_exclude_dropped_items() -> None:
     """decay 0 and no k-means / restarts: after one step the cluster sizes equal the counts of
     the active rows only."""
     rq = make_rvq("ema", dropout=1.0,
-                  options={"ema": {"decay": 0.0, "kmeans_init": False, "dead_threshold": 0.0}})
+                  options={"ema": {"decay": 0.0, "kmeans_init": False, "dead_threshold": 0.0, "dead_fraction": 0.0}})
     rq.train()
     out = rq(torch.randn(16, D, 6))
     assert bool((out.n_q < N).any())

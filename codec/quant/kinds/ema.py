@@ -26,6 +26,10 @@ class EMAQuantizer(Quantizer):
         decay: EMA decay g (0.99).
         eps: Laplace smoothing epsilon (1e-5).
         dead_threshold: tau; codes with N_k < tau are restarted from batch vectors (2.0).
+        dead_fraction: with it, tau is at least this fraction of the mean running cluster size
+            (the active rows per step / K), so the threshold follows the batch: at 1024 codes
+            and ~800 rows a step, an absolute tau of 2 restarts nearly every code every step,
+            while 0.1 of the mean restarts only codes used ten times less than average (0: off).
         commitment: weight beta_c of mean||z - sg(c)||^2 (EnCodec 1.0).
         kmeans_init: k-means on the first training batch (else random-normal codewords).
         kmeans_iters: Lloyd iterations for that init (50).
@@ -41,11 +45,14 @@ class EMAQuantizer(Quantizer):
 
     def __init__(self, dim: int, codebook_size: int, decay: float = 0.99, eps: float = 1e-5,
                  dead_threshold: float = 2.0, commitment: float = 1.0, kmeans_init: bool = True,
-                 kmeans_iters: int = 50, cosine_search: bool = False) -> None:
+                 kmeans_iters: int = 50, cosine_search: bool = False, dead_fraction: float = 0.0) -> None:
         super().__init__(dim, codebook_size, cosine_search)
         self.decay = decay
         self.eps = eps
         self.dead_threshold = dead_threshold
+        self.dead_fraction = dead_fraction
+        #: Codes restarted by the last training step (a statistic, not state).
+        self.last_restarts = 0
         self.commitment = commitment
         self.kmeans_init = kmeans_init
         self.kmeans_iters = kmeans_iters
@@ -68,9 +75,15 @@ class EMAQuantizer(Quantizer):
         self.cluster_size.copy_(counts.float())
         self.embed_sum.copy_(self.embed * self.cluster_size[:, None])
 
+    def threshold(self) -> float:
+        """The dead-code threshold tau now: max(dead_threshold, dead_fraction x mean N)."""
+        if self.dead_fraction <= 0:
+            return float(self.dead_threshold)
+        return max(float(self.dead_threshold), self.dead_fraction * float(self.cluster_size.mean()))
+
     def dead_count(self) -> int:
         """Number of codes whose running cluster size is below the dead threshold."""
-        return int((self.cluster_size < self.dead_threshold).sum())
+        return int((self.cluster_size < self.threshold()).sum())
 
     @torch.no_grad()
     def _kmeans_init(self, x: Tensor, mask: Tensor | None) -> None:
@@ -118,11 +131,13 @@ class EMAQuantizer(Quantizer):
                                      self.embed_sum / smoothed.clamp_min(1e-30)[:, None],
                                      self.embed))
         # Restart after the update so the next EMA line cannot overwrite it.
-        dead = self.cluster_size < self.dead_threshold
+        tau = self.threshold()
+        dead = self.cluster_size < tau
+        self.last_restarts = 0
         if bool(dead.any()):
             rows, ok = sample_rows(x, mask, self.codebook_size)
             dead &= ok
-            tau = self.dead_threshold
+            self.last_restarts = int(dead.sum())
             self.embed.copy_(torch.where(dead[:, None], rows, self.embed))
             self.embed_sum.copy_(torch.where(dead[:, None], rows * tau, self.embed_sum))
             self.cluster_size.copy_(torch.where(dead, torch.full_like(self.cluster_size, tau),
@@ -146,4 +161,5 @@ class EMAQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, decay={self.decay}, eps={self.eps}, "
-                f"dead_threshold={self.dead_threshold}, commitment={self.commitment}")
+                f"dead_threshold={self.dead_threshold}, dead_fraction={self.dead_fraction}, "
+                f"commitment={self.commitment}")
