@@ -292,3 +292,54 @@ def test_no_recipe_restarts_most_of_an_ema_codebook_every_step(recipe: str) -> N
         restarts.append(q.last_restarts)
     late = sum(restarts[-100:]) / 100
     assert late < 0.02 * stage.codebook_size, (recipe, rows, late, q.threshold())
+
+
+def test_simvq_restart_keeps_rows_of_c_at_their_scale() -> None:
+    """With an ill-conditioned W (singular values 1 .. 1e-3 at d = 128), the exact solve
+    C_k = (x - b) pinv(W)^T gives rows tens to hundreds of times the others' norm, and one
+    AdamW step then moves those codewords as much farther. The restart bounds the row (ridge
+    through W's SVD): restarted codewords land near the data and step like the others."""
+    torch.manual_seed(0)
+    d, k = 128, 256
+    q = build_quantizer("simvq", d, k, restart_after=1).train()
+    u, _ = torch.linalg.qr(torch.randn(d, d))
+    v, _ = torch.linalg.qr(torch.randn(d, d))
+    w = u @ torch.diag(torch.logspace(0, -3, d)) @ v.T
+    with torch.no_grad():
+        q.proj.weight.copy_(w)
+        q.proj.bias.zero_()
+    # latents W reaches with rows of 1.5x the usual size, plus a little noise along every
+    # direction (which the exact solve divides by singular values down to 1e-3)
+    noise = 0.01
+    x = (1.5 * d ** -0.5 * torch.randn(64, d)) @ w.T + noise * torch.randn(64, d)
+    q(x)  # most codes unused: restarted at the start of the next step
+    before_c, before_e = q.frozen_codebook.clone(), q.codebook().detach().clone()
+    opt = torch.optim.AdamW(q.parameters(), lr=1e-3)
+    out = q(x)
+    restarted = (q.frozen_codebook != before_c).any(dim=1)
+    assert int(restarted.sum()) > k // 2
+    typical = float(before_c.norm(dim=1).median())
+    exact = (x @ torch.linalg.pinv(w).T).norm(dim=1)  # what the exact solve would write
+    assert float(exact.median()) > 20 * typical
+    norms = q.frozen_codebook.norm(dim=1)[restarted]
+    assert float(norms.max()) <= max(2 * typical, float(x.norm(dim=1).max())) * 1.001
+    # the restarted codewords landed on the data up to the part W cannot reach (the noise)
+    e = q.codebook().detach()
+    near = torch.cdist(e[restarted], x).min(dim=1).values
+    assert float(near.max()) < 1.5 * noise * d ** 0.5
+    assert bool((near < 0.5 * torch.cdist(before_e[restarted], x).min(dim=1).values).all())
+    out.loss.backward()
+    opt.step()
+    moved = (q.codebook().detach() - e).norm(dim=1)
+    assert float(moved[restarted].median()) < 5 * float(moved[~restarted].median())
+
+
+def test_simvq_restart_is_exact_where_w_reaches_the_row() -> None:
+    """A well-conditioned W reaches any row with a row of C of the usual size: exact hit."""
+    from codec.quant.kinds.simvq import restart_rows
+
+    torch.manual_seed(0)
+    w, b = torch.eye(16) * 2.0, torch.randn(16)
+    x = torch.randn(5, 16)
+    c = restart_rows(w, b, x, scale=1.0)
+    assert torch.allclose(c @ w.T + b, x, atol=1e-5)

@@ -12,6 +12,45 @@ from torch import Tensor, nn
 from codec.quant.base import Quantizer, QuantizerOutput, masked_mean, register_kind
 from codec.quant.restart import CodeRestart
 
+#: A restarted row of C may be this many times the median row norm of C (or the norm that W's
+#: largest singular value needs to reach the target, if that is more).
+RESTART_ROW_SCALE = 2.0
+
+
+def restart_rows(w: Tensor, b: Tensor, targets: Tensor, scale: float, iters: int = 60) -> Tensor:
+    """Rows c of C whose codewords c W^T + b come nearest to ``targets`` [R, d] under a bound
+    on ||c||: the larger of ``scale`` and ||x - b|| / s_max (the norm W's largest singular value
+    s_max needs to reach x), so a target W reaches with a row of that size is hit exactly.
+
+    The exact solution c = (x - b) pinv(W)^T blows up along W's small singular values (rows
+    of median norm ~830 against ~1 for the others at d = 128): one optimizer step on W then
+    moves such a codeword by ||c|| times what it moves the others. Instead, with W = U S V^T and
+    t = (x - b) U, c = a V^T with a_i = t_i s_i / (s_i^2 + lambda): a ridge solution, lambda = 0
+    where the exact one fits in the bound, else the smallest lambda (bisection in log space, per
+    row) that brings ||c|| down to it. Returns float32 [R, d].
+    """
+    u, s, vh = torch.linalg.svd(w.double())
+    t = (targets.double() - b.double()) @ u  # [R, d] coordinates along W's output directions
+    s2 = s.pow(2)[None]
+
+    def coords(lam: Tensor) -> Tensor:
+        return t * s[None] / (s2 + lam[:, None])
+
+    limit = torch.clamp(t.norm(dim=1) / s.max(), min=scale)
+    exact = coords(torch.zeros(t.shape[0], dtype=t.dtype))
+    norms = exact.norm(dim=1)
+    over = norms > limit
+    if bool(over.any()):
+        top = float(s2.max())
+        lo = torch.full_like(norms, -30.0)  # log10 lambda / max s^2
+        hi = torch.full_like(norms, 30.0)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            big = coords(top * 10.0 ** mid).norm(dim=1) > limit
+            lo, hi = torch.where(big, mid, lo), torch.where(big, hi, mid)
+        exact = torch.where(over[:, None], coords(top * 10.0 ** hi), exact)
+    return (exact @ vh).float()
+
 
 @register_kind("simvq")
 class SimVQQuantizer(Quantizer):
@@ -25,8 +64,9 @@ class SimVQQuantizer(Quantizer):
         cosine_search: pick the code of largest cosine (L2-normalised search, as DAC); the
             output and the loss use the raw codeword E_k as before.
         restart_after: restart a code unused for this many training steps (restart.py): its
-            row of C is set so that its effective codeword C_k W^T + b equals a random active
-            batch row (C_k = (x - b) pinv(W)^T); 0: never (C stays frozen).
+            row of C is rewritten so that its codeword C_k W^T + b lands as close to a random
+            active batch row x as a row of C's usual size allows (``restart_rows``: exactly on x
+            when W reaches it with such a row); 0: never (C stays frozen).
 
     State: ``frozen_codebook`` C float [K, d] (a buffer, N(0, d^-1/2), never trained) and
     ``proj`` = nn.Linear(d, d) (W and b, trained by the codebook term only).
@@ -55,9 +95,8 @@ class SimVQQuantizer(Quantizer):
         if proposal is None:
             return
         dead, rows = proposal
-        w, b = self.proj.weight.float(), self.proj.bias.float()
-        # E_k = C_k W^T + b = x  <=>  W C_k^T = x - b; pinv also copes with a singular W.
-        fresh = (rows - b) @ torch.linalg.pinv(w).T
+        scale = float(self.frozen_codebook.float().norm(dim=1).median())
+        fresh = restart_rows(self.proj.weight.float(), self.proj.bias.float(), rows, RESTART_ROW_SCALE * scale)
         self.frozen_codebook.copy_(torch.where(dead[:, None], fresh.to(self.frozen_codebook),
                                                self.frozen_codebook))
 
