@@ -308,12 +308,24 @@ class Codec(nn.Module):
             self.stream_runner.stop()
 
     # ----- training ---------------------------------------------------------------------
-    def forward(self, wav: Tensor, n_q: int | None = None) -> CodecOutput:
+    def forward(self, wav: Tensor, n_q: int | None = None, quantize: bool = True) -> CodecOutput:
         """Training / validation pass: audio float [B, 1, T] -> CodecOutput with the
         reconstruction trimmed to T samples. In training mode quantizer dropout applies
-        unless ``n_q`` is given."""
+        unless ``n_q`` is given. ``quantize=False`` bypasses the quantizer (the decoder gets the
+        encoder's latents; no codebook or statistics change, quantizer loss 0, codes [B, 0, F]):
+        the warm-up without quantization some recipes train with first."""
         length = wav.shape[-1]
         z = self.encoder(self._pad(wav))
+        if not quantize:
+            b, f = z.shape[0], z.shape[-1]
+            return CodecOutput(
+                audio=self.decoder(z)[..., :length],
+                codes=torch.zeros(b, 0, f, dtype=torch.long, device=z.device),
+                quantizer_loss=z.new_zeros(()),
+                stage_losses=z.new_zeros(self.num_stages),
+                counts=[torch.zeros(k, device=z.device) for k in self.codebook_sizes],
+                n_q=torch.zeros(b, dtype=torch.long, device=z.device),
+            )
         # Under bf16 autocast the code search would pick wrong neighbours and corrupt EMA
         # statistics: the quantizer always runs in fp32, the convolutions in autocast's dtype.
         with torch.autocast(device_type=z.device.type, enabled=False):

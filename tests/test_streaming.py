@@ -10,8 +10,11 @@ from codec.nn.conv import CausalConv1d
 
 
 def _warmed_model(kind: str, clip: torch.Tensor):
-    """A tiny model whose codebooks have seen the clip once (so codes spread over the book)."""
-    model = tiny_model(kind, options={"sf_diveq": {"warmup_steps": 1}})
+    """A tiny model whose codebooks have seen the clip once (so codes spread over the book).
+    EMA stages restart every code each step (an absolute threshold above any code's size):
+    codebooks of batch rows, full of near-duplicates, the case the fast-path bound is about."""
+    model = tiny_model(kind, options={"sf_diveq": {"warmup_steps": 1},
+                                      "ema": {"dead_threshold": 2.0, "dead_fraction": 0.0}})
     model.train()
     with torch.no_grad():
         for _ in range(2):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import data_root, speech
+from conftest import data_root, speech, tiny_model
 
 from codec.cli import main
 from codec.recipe import ConfigError
@@ -108,7 +108,7 @@ def test_loss_is_one_weighted_sum_of_named_terms() -> None:
     assert float(zero) == 0 and set(parts) == {"stft", "mel", "l1"}  # no quantizer loss given
     q = torch.tensor(0.25)
     total, parts = loss(0.5 * x, x, q)
-    assert list(parts) == list(TERM_NAMES) == loss.reported()
+    assert list(parts) == ["stft", "mel", "l1", "quantizer"] == loss.reported()
     assert float(total) == pytest.approx(float(parts["stft"] + 2 * parts["mel"] + 0.5 * parts["l1"] + 3 * q),
                                          rel=1e-5)
     assert all(float(v) > 0 for v in parts.values())
@@ -117,6 +117,43 @@ def test_loss_is_one_weighted_sum_of_named_terms() -> None:
     assert set(parts) == {"stft", "quantizer"} and float(total) == pytest.approx(float(parts["stft"]))
     # the recipe's train.loss section is the one place that names the terms and their defaults
     assert set(LossConfig().weights()) == set(TERM_NAMES)
+
+
+def test_compressed_complex_loss_sees_phase_where_magnitudes_do_not() -> None:
+    """The compressed complex term is zero only for the same signal; a polarity flip (same
+    magnitudes, phase + pi) costs it 4 mean |T_c|^2 and the magnitude terms nothing."""
+    from codec.train.losses import CompressedComplexLoss, MultiScaleMelLoss
+
+    x = speech(0.5)
+    loss = CompressedComplexLoss([[320, 80], [512, 128]])
+    assert float(loss(x, x)) < 1e-12
+    flipped = float(loss(-x, x))
+    expected = 0.0
+    for n, hop in loss.resolutions:
+        t = loss.compressed(torch.stft(x[:, 0], n, hop, window=torch.hann_window(n), return_complex=True))
+        expected += 4 * float(t.abs().square().mean()) / len(loss.resolutions)
+    assert flipped == pytest.approx(expected, rel=1e-4)
+    mel = MultiScaleMelLoss(16000, [256, 1024], [40, 80])
+    assert float(mel(-x, x)) < 1e-6  # magnitude terms cannot see it
+    y = (0.9 * x).requires_grad_(True)
+    loss(y, x).backward()
+    assert y.grad.isfinite().all() and float(y.grad.abs().sum()) > 0
+    silent = torch.zeros(1, 1, 8000, requires_grad=True)  # |S| = 0 everywhere: finite gradient
+    loss(silent, x).backward()
+    assert silent.grad.isfinite().all()
+
+
+def test_si_sdr_loss_is_scale_invariant_and_prefers_the_clean_signal() -> None:
+    from codec.train.losses import si_sdr_loss
+
+    x = speech(0.5)
+    noisy = x + 0.05 * torch.randn_like(x)
+    assert float(si_sdr_loss(3.0 * noisy, x)) == pytest.approx(float(si_sdr_loss(noisy, x)), abs=1e-3)
+    assert float(si_sdr_loss(x, x)) < -60 < float(si_sdr_loss(noisy, x))
+    both = CodecLoss(16000, LossConfig(stft=0.0, mel=0.0, complex=1.0, sisdr=0.5, quantizer=0.0))
+    total, parts = both(noisy, x)
+    assert set(parts) == {"complex", "sisdr"}
+    assert float(total) == pytest.approx(float(parts["complex"] + 0.5 * parts["sisdr"]), rel=1e-5)
 
 
 def test_lr_warmup_then_cosine() -> None:
@@ -166,3 +203,46 @@ def test_train_help(capsys) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "accelerate launch -m codec train" in out and "--resume" in out and "--set" in out
+
+
+def test_quantizer_warmup_bypasses_the_stack_then_initialises_on_warmed_latents() -> None:
+    """``quantize=False`` (train.quantizer_warmup_steps): the decoder gets the encoder's
+    latents, no quantizer state moves; the first quantized step then fits the EMA codebook
+    (k-means) on the latents of the warmed encoder."""
+    from codec.train.optim import build_optimizer
+    from codec.train.step import TrainStep, train_step
+
+    model = tiny_model("ema").train()
+    wav = speech(1.0)
+    state = {k: v.clone() for k, v in model.quantizer.state_dict().items()}
+    out = model(wav, quantize=False)
+    with torch.no_grad():
+        direct = model.decoder(model.encoder(model._pad(wav)))[..., : wav.shape[-1]]
+    # the same decoder of the same latents (no_grad takes other matrix kernels: rounding only)
+    assert torch.allclose(out.audio, direct, atol=1e-6) and float(out.quantizer_loss) == 0
+    assert out.codes.shape[1] == 0
+    step = TrainStep(model)
+    cfg = load_training_recipe(TINY)[2]
+    opt, sched = build_optimizer(step, cfg)
+    loss_fn = CodecLoss(16000, cfg.loss)
+    for _ in range(2):
+        totals, _ = train_step(step, loss_fn, opt, sched, [wav], 1.0, quantize=False)
+        assert float(totals["quantizer"]) == 0
+    assert all(torch.equal(v, model.quantizer.state_dict()[k]) for k, v in state.items())
+    assert not bool(model.quantizer.stages[0].quantizer.initialized)
+    train_step(step, loss_fn, opt, sched, [wav], 1.0, quantize=True)
+    first = model.quantizer.stages[0].quantizer
+    assert bool(first.initialized) and not torch.equal(first.embed, state["stages.0.quantizer.embed"])
+
+
+def test_a_run_with_a_quantizer_warmup_validates_unquantized_first(tmp_path: Path) -> None:
+    from codec.train.logging import read_log
+
+    sets = ["total_steps=4", "quantizer_warmup_steps=2", "batch_size=2", "log_every=1", "val_every=2",
+            "ckpt_every=4", "data.valid_utterances=2", "pesq_utterances=0", "data.num_workers=0"]
+    assert main(["train", str(TINY), "--out-dir", str(tmp_path / "run"), "-q",
+                 *[a for s in sets for a in ("--set", s)]]) == 0
+    rows = {(r["split"], int(r["step"])): r for r in read_log(tmp_path / "run" / "log.csv")}
+    assert float(rows[("train", 1)]["quantizer"]) == 0 and float(rows[("train", 3)]["quantizer"]) > 0
+    assert rows[("valid", 2)]["s1_perplexity"] == ""  # unquantized: no code statistics yet
+    assert float(rows[("valid", 4)]["s1_perplexity"]) > 1

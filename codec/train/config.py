@@ -47,6 +47,7 @@ class TrainConfig:
     betas: list = field(default_factory=lambda: [0.8, 0.99])
     weight_decay: float = 0.01
     warmup_steps: int = 1000  # linear warm-up from 0
+    quantizer_warmup_steps: int = 0  # train this many first steps with the quantizer bypassed (as ESC)
     total_steps: int = 200_000
     max_minutes: float = 0.0  # > 0: stop (validate, checkpoint, export) after this much wall time
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio

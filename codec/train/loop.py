@@ -217,9 +217,11 @@ def log_train(run: Run, step: int, means: Tensor, grad_norm: float, audio_s_per_
     bar.set_postfix(loss=f"{row['loss']:.3f}", audio_s_per_s=f"{row['audio_s_per_s']:.1f}")
 
 
-def run_validation(run: Run, step: int) -> None:
-    """Validate through encode and decode on every rank; the main one writes the valid row."""
-    res = validate(run.accelerator, run.codec, run.loss_fn, run.valid, run.cfg.pesq_utterances)
+def run_validation(run: Run, step: int, quantized: bool = True) -> None:
+    """Validate through encode and decode (``quantized`` False, during a quantizer warm-up:
+    through the decoder of the unquantized latents) on every rank; the main one writes the
+    valid row."""
+    res = validate(run.accelerator, run.codec, run.loss_fn, run.valid, run.cfg.pesq_utterances, quantized)
     if run.main:
         row = {**res["losses"], "pesq": res["pesq"], **stage_columns(res["stages"])}
         run.log.write(step, "valid", row)
@@ -293,7 +295,8 @@ def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str |
         seeds = [_step_seed(cfg.seed, step * accum + micro, rank) for micro in range(accum)]
         totals, grad_norm = train_step(run.module, run.loss_fn, run.optimizer, run.scheduler,
                                        [b["audio"].to(accelerator.device) for b in batch_list],
-                                       cfg.clip_grad_norm, seeds, accelerator)
+                                       cfg.clip_grad_norm, seeds, accelerator,
+                                       quantize=step >= cfg.quantizer_warmup_steps)
         sums += torch.stack([totals[n] if n in totals else sums.new_zeros(()) for n in LOSS_NAMES])
         n_sums += accum
         step += 1
@@ -310,7 +313,7 @@ def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str |
             sums.zero_()
             n_sums, t0 = 0, time.perf_counter()
         if step % cfg.val_every == 0 or last:
-            run_validation(run, step)
+            run_validation(run, step, quantized=step > cfg.quantizer_warmup_steps)
         if step % cfg.ckpt_every == 0 or last:
             checkpoint(run, step, callbacks)
             t0 = time.perf_counter()  # checkpoint time is not training throughput

@@ -1,6 +1,7 @@
 """The training loss, composed in one place: named terms (auraloss multi-resolution STFT, a
-multi-scale log-mel L1 (DAC-style: several window sizes, fewer mel bands for short windows), an
-optional waveform L1, and the quantizer stack's auxiliary loss), one dict of weights over them
+multi-scale log-mel L1 (DAC-style: several window sizes, fewer mel bands for short windows), and
+optional waveform L1, power-law compressed complex-spectrum and SI-SDR terms, and the quantizer
+stack's auxiliary loss), one dict of weights over them
 (``LossConfig``, the recipe's ``train.loss``), and ``CodecLoss``, which the training loop,
 validation and the benchmark use alike. Audio terms are computed in float32 whatever the
 autocast context, because bf16 log-spectra are too coarse to train on.
@@ -56,10 +57,52 @@ class MultiScaleMelLoss(nn.Module):
         return total / len(self.windows)
 
 
+class CompressedComplexLoss(nn.Module):
+    """Power-law compressed complex-spectrum loss (ESC, arXiv 2404.19441), phase-aware where
+    magnitude losses are not: per resolution (n_fft, hop) with a periodic Hann window,
+    S_c = S |S|^(c - 1) (magnitude compressed to |S|^c, phase kept), and
+    loss = mean over bins of |S_c - T_c|^2 (real and imaginary parts together) + mean over
+    bins of (|S_c| - |T_c|)^2,
+    averaged over resolutions. |S| is floored at sqrt(1e-8) inside the power so the gradient
+    stays finite at silent bins. forward: float [B, 1, T] each -> scalar.
+    """
+
+    def __init__(self, resolutions: list, power: float = 0.3) -> None:
+        super().__init__()
+        self.resolutions = [(int(n), int(h)) for n, h in resolutions]
+        self.power = float(power)
+        for n, _ in self.resolutions:
+            self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
+
+    def compressed(self, spec: Tensor) -> Tensor:
+        """Complex spectrum -> S |S|^(power - 1), complex, same shape."""
+        mag2 = spec.real.square() + spec.imag.square() + 1e-8
+        return spec * mag2.pow(0.5 * (self.power - 1.0))
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        x = torch.cat([pred, target]).squeeze(1).float()  # one STFT for both: [2B, T]
+        total = x.new_zeros(())
+        for n, hop in self.resolutions:
+            spec = torch.stft(x, n_fft=n, hop_length=hop, window=getattr(self, f"win{n}"), return_complex=True)
+            p, t = self.compressed(spec).chunk(2)
+            total = total + (p - t).abs().square().mean() + (p.abs() - t.abs()).square().mean()
+        return total / len(self.resolutions)
+
+
+def si_sdr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Negative scale-invariant SDR in dB, averaged over the batch: pred, target float
+    [B, 1, T] -> scalar (lower is better; invariant to the scale of ``pred``)."""
+    p, t = pred.flatten(1).float(), target.flatten(1).float()
+    scale = (p * t).sum(1, keepdim=True) / (t.square().sum(1, keepdim=True) + eps)
+    proj = scale * t
+    ratio = proj.square().sum(1) / ((p - proj).square().sum(1) + eps)
+    return -(10.0 * torch.log10(ratio + eps)).mean()
+
+
 #: The named terms of the training loss, in the order logs list them. "quantizer" is the
 #: stack's own auxiliary loss (commitment, codebook), the others compare audio.
-TERM_NAMES = ("stft", "mel", "l1", "quantizer")
-AUDIO_TERMS = ("stft", "mel", "l1")
+TERM_NAMES = ("stft", "mel", "l1", "complex", "sisdr", "quantizer")
+AUDIO_TERMS = ("stft", "mel", "l1", "complex", "sisdr")
 
 
 @dataclass
@@ -70,9 +113,13 @@ class LossConfig:
     stft: float = 1.0  # auraloss multi-resolution STFT
     mel: float = 1.0  # multi-scale log-mel L1
     l1: float = 0.0  # waveform L1
+    complex: float = 0.0  # power-law compressed complex spectrum (CompressedComplexLoss)
+    sisdr: float = 0.0  # negative SI-SDR in dB
     quantizer: float = 1.0  # the quantizer stack's auxiliary losses
     mel_windows: list = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])  # samples
     n_mels: list = field(default_factory=lambda: [5, 10, 20, 40, 80, 80, 80])  # per window
+    complex_resolutions: list = field(default_factory=lambda: [[320, 80]])  # [n_fft, hop] pairs (ESC's grid)
+    complex_power: float = 0.3  # the magnitude compression exponent c
 
     def weights(self) -> dict[str, float]:
         """{term: weight} for every term of TERM_NAMES (DAC's ``lambdas``)."""
@@ -95,6 +142,7 @@ class CodecLoss(nn.Module):
         self.weights = cfg.weights()
         self.stft = multi_resolution_stft(sample_rate)
         self.mel = MultiScaleMelLoss(sample_rate, cfg.mel_windows, cfg.n_mels)
+        self.complex = CompressedComplexLoss(cfg.complex_resolutions, cfg.complex_power)
 
     def reported(self, with_quantizer: bool = True) -> list[str]:
         """The terms ``forward`` returns, in TERM_NAMES order (``with_quantizer``: a quantizer
@@ -112,6 +160,10 @@ class CodecLoss(nn.Module):
                 parts["mel"] = self.mel(pred, target)
             if self.weights["l1"]:
                 parts["l1"] = (pred - target).abs().mean()
+            if self.weights["complex"]:
+                parts["complex"] = self.complex(pred, target)
+            if self.weights["sisdr"]:
+                parts["sisdr"] = si_sdr_loss(pred, target)
             if quantizer_loss is not None:
                 parts["quantizer"] = quantizer_loss.float()
             total = sum((self.weights[k] * v for k, v in parts.items()), pred.new_zeros(()))

@@ -21,22 +21,23 @@ class TrainStep(nn.Module):
         super().__init__()
         self.codec = codec
 
-    def forward(self, wav: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.codec(wav)
+    def forward(self, wav: Tensor, quantize: bool = True) -> tuple[Tensor, Tensor]:
+        out = self.codec(wav, quantize=quantize)
         return out.audio.float(), out.quantizer_loss.float()
 
 
 def train_step(module: nn.Module, loss_fn: CodecLoss, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, micro_batches: Sequence[Tensor],
                clip_grad_norm: float, seeds: Sequence[int] | None = None,
-               accelerator=None) -> tuple[dict[str, Tensor], float]:
+               accelerator=None, quantize: bool = True) -> tuple[dict[str, Tensor], float]:
     """Forward, loss and backward of each micro-batch (audio float [B, 1, T]; gradients
     accumulate, averaged over them; under DDP only the last one synchronises), then gradient
     clipping, the optimizer step and the scheduler step.
 
     ``seeds[i]`` reseeds torch's global RNG (quantizer dropout, DiVeQ noise) before micro-batch
     i; ``clip_grad_norm`` 0 clips nothing (the norm is still computed); ``accelerator``: the
-    run's accelerate.Accelerator (None: one plain process). Returns ({"loss": the weighted
+    run's accelerate.Accelerator (None: one plain process); ``quantize`` False: the quantizer
+    is bypassed (``Codec.forward``), as in a quantizer warm-up. Returns ({"loss": the weighted
     total, and each term CodecLoss reports}, every value detached and summed over the
     micro-batches; the gradient norm before clipping).
     """
@@ -48,7 +49,7 @@ def train_step(module: nn.Module, loss_fn: CodecLoss, optimizer: torch.optim.Opt
             torch.manual_seed(seeds[i])
         last = i == accum - 1
         with accelerator.no_sync(module) if accelerator is not None and not last else contextlib.nullcontext():
-            pred, q_loss = module(wav)
+            pred, q_loss = module(wav, quantize)
             loss, parts = loss_fn(pred, wav, q_loss)
             backward(loss / accum)
         for name, value in {"loss": loss, **parts}.items():

@@ -46,9 +46,11 @@ def code_statistics(counts: list[Tensor]) -> list[dict[str, float]]:
 
 @torch.no_grad()
 def validate(accelerator: Accelerator, codec: Codec, loss_fn: CodecLoss,
-             valid: list[tuple[str, Tensor]], pesq_utterances: int) -> dict[str, object]:
+             valid: list[tuple[str, Tensor]], pesq_utterances: int, quantized: bool = True) -> dict[str, object]:
     """Returns {"losses": {name: mean over utterances}, "pesq": mean (NaN if none),
-    "stages": per-stage statistics}. Call on every rank (it all-reduces)."""
+    "stages": per-stage statistics (none when not ``quantized``)}. ``quantized`` False scores
+    the decoder of the encoder's unquantized latents (a quantizer warm-up). Call on every rank
+    (it all-reduces)."""
     was_training = codec.training
     codec.eval()
     device = accelerator.device
@@ -59,8 +61,12 @@ def validate(accelerator: Accelerator, codec: Codec, loss_fn: CodecLoss,
     for j in range(rank, len(valid), world):
         _, wav = valid[j]
         wav = wav.to(device)
-        codes = codec.encode(wav)  # [1, N, F]
-        audio = codec.decode(codes)[..., : wav.shape[-1]]
+        if quantized:
+            codes = codec.encode(wav)  # [1, N, F]
+            audio = codec.decode(codes)[..., : wav.shape[-1]]
+        else:
+            codes = torch.zeros(1, 0, 0, dtype=torch.long, device=device)
+            audio = codec(wav, quantize=False).audio
         total, parts = loss_fn(audio, wav)
         values = {"loss": total, **parts}
         for i, n in enumerate(names):
@@ -82,5 +88,5 @@ def validate(accelerator: Accelerator, codec: Codec, loss_fn: CodecLoss,
     return {
         "losses": losses,
         "pesq": float(sums[-2] / sums[-1]) if sums[-1] > 0 else math.nan,
-        "stages": code_statistics([c.float().cpu() for c in counts]),
+        "stages": code_statistics([c.float().cpu() for c in counts]) if quantized else [],
     }
