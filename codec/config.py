@@ -47,8 +47,15 @@ class ModelConfig(SEANetConfig, ConvNeXtConfig):
         return cfg
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict that ``from_dict`` turns back into an equal config."""
-        return dataclasses.asdict(self)
+        """A JSON-serialisable dict that ``from_dict`` turns back into an equal config (fields
+        added to a format later, ``LATER_FIELDS``, only when they are not at their defaults)."""
+        out = dataclasses.asdict(self)
+        defaults = type(self)()
+        for cls in type(self).__mro__:
+            for name in getattr(cls, "LATER_FIELDS", ()):
+                if out.get(name) == getattr(defaults, name):
+                    out.pop(name, None)
+        return out
 
     def architecture_config(self):
         """The chosen architecture's config (``SEANetConfig`` or ``ConvNeXtConfig``)."""

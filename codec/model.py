@@ -264,10 +264,30 @@ class Codec(nn.Module):
         return self.encode(torch.zeros(self._stream_batch, 1, pending, device=device), n_q)
 
     @torch.no_grad()
+    def flush_decoder(self) -> Tensor:
+        """In streaming mode: the decoded samples still held back when the synthesis has a
+        look-ahead (``latency``), float [B, 1, lookahead] ([B, 1, 0] without one). After it,
+        the stream's audio is complete: concatenated, it equals the offline decode."""
+        if self._stream_samples is None:
+            raise RuntimeError("flush_decoder() is only meaningful inside model.streaming()")
+        istft = getattr(self.decoder, "istft", None)
+        tail = istft.flush() if istft is not None else torch.zeros(0)
+        return tail if tail.numel() else torch.zeros(self._stream_batch, 1, 0)
+
+    @property
+    def latency(self) -> int:
+        """Algorithmic latency in samples: how long after an input sample arrives its decoded
+        sample is final in a stream (the token hop, plus the synthesis look-ahead if any)."""
+        istft = getattr(self.decoder, "istft", None)
+        return self.hop_length + (istft.lookahead if istft is not None else 0)
+
+    @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
         """Codes int64 [B, n, F] (n <= num_stages) -> audio float [B, 1, F * hop].
 
-        Inside ``streaming()`` frames may come in any grouping, one at a time included.
+        Inside ``streaming()`` frames may come in any grouping, one at a time included; a
+        synthesis with a look-ahead returns only the samples that are final (``latency``), the
+        rest at ``flush_decoder()``.
         """
         _check_tensor(codes, "codes", "int64 codes [B, n, F]")
         if codes.dim() != 3:

@@ -163,3 +163,131 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert again.fingerprint() == model.fingerprint()
     assert torch.equal(again.encode(wav), model.encode(wav))
     assert torch.equal(again.decode(model.encode(wav)), model.decode(model.encode(wav)))
+
+
+# ----- the finer synthesis grid: sub-frames per token, complex head, delayed synthesis ----------
+FINE = {"subframes": 4, "stft_window": 320, "head": "complex", "synthesis_delay": True}
+
+
+def test_fine_grid_analysis_then_synthesis_is_the_identity() -> None:
+    """320-sample Hann frames at an 80-sample sub-hop (4 per token): their windows sum to 2,
+    so synthesising half the spectra of the plain frames, each where the analysis took it,
+    returns the input sample for sample (aligned: the synthesis waits for the frames), up to
+    the last window - sub hop samples, which frames after the signal would complete."""
+    x = speech(1.0).double()
+    stft, istft = CausalSTFT(HOP, 4, 320), CausalISTFT(HOP, 4, 320, "complex", delay=True)
+    assert istft.lookahead == 240 and stft.features == 4 * 3 * 161 and istft.outputs == 4 * 2 * 161
+    frames = torch.nn.functional.pad(x[:, 0], (240, 0)).unfold(-1, 320, 80)  # [1, T / 80, 320]
+    spec = torch.fft.rfft(frames, dim=-1) / 2
+    y = istft(torch.cat([spec.real, spec.imag], dim=-1).reshape(1, -1, istft.outputs))
+    assert y.shape == x.shape
+    assert (y[..., :-240] - x[..., :-240]).abs().max().item() < 1e-12
+    feats = stft(x)
+    assert feats.shape == (1, x.shape[-1] // HOP, stft.features)
+    windowed = torch.fft.rfft(frames * torch.hann_window(320, dtype=torch.float64), dim=-1)
+    assert torch.allclose(feats.reshape(1, -1, 3 * 161)[..., :161], torch.log(windowed.abs() + 1e-5))
+
+
+@pytest.mark.parametrize("groups", [[1], [3], [2, 5, 1]])
+def test_fine_grid_streams_like_offline(groups: list[int]) -> None:
+    """Exact encode streams to the offline codes; a decode stream in any grouping of frames,
+    then flush_decoder(), concatenates to the offline decode."""
+    model = tiny_convnext("ema", **FINE)
+    model.train()
+    with torch.no_grad():
+        model(speech(2.0))
+    model.eval()
+    model.exact = True
+    wav = speech(2.0, index=3)
+    codes = model.encode(wav)
+    with model.streaming():
+        parts = [model.encode(wav[..., i : i + 999]) for i in range(0, wav.shape[-1], 999)] + [model.flush()]
+    assert torch.equal(torch.cat(parts, -1), codes)
+    offline = model.decode(codes)
+    out, t, k = [], 0, 0
+    with model.streaming():
+        while t < codes.shape[-1]:
+            n = groups[k % len(groups)]
+            out.append(model.decode(codes[..., t : t + n]))
+            t, k = t + n, k + 1
+        out.append(model.flush_decoder())
+    streamed = torch.cat(out, -1)
+    assert streamed.shape == offline.shape
+    assert (streamed - offline).abs().max().item() <= 1e-5
+
+
+def test_fine_grid_saves_loads_and_streams_in_pytorch(tmp_path) -> None:
+    from codec.runtime.native.engine import unsupported
+
+    model = tiny_convnext("ema", **FINE).eval()
+    assert {k: model.config[k] for k in FINE} == FINE  # written because they are not the defaults
+    model.save_pretrained(tmp_path / "m")
+    again = Codec.from_pretrained(tmp_path / "m")
+    assert again.fingerprint() == model.fingerprint()
+    codes = model.encode(speech(1.0))
+    assert torch.equal(again.decode(codes), model.decode(codes))
+    assert "grid" in unsupported(model.encoder, model.quantizer, "encoder")  # the native engine lacks it
+    assert "grid" in unsupported(model.decoder, model.quantizer, "decoder")
+
+
+@pytest.mark.parametrize("fine", [False, True])
+def test_latency_is_exact_and_measured_with_an_impulse(fine: bool) -> None:
+    """Stream an impulse through encode and decode in 80-sample chunks, noting after how many
+    input samples each decoded sample came out: the worst wait is model.latency - 1 samples
+    (one token, plus the synthesis look-ahead: 20 ms and 35 ms here), and no decoded sample
+    changes with an input that arrives after it was emitted."""
+    model = tiny_convnext("ema", **(FINE if fine else {}))
+    model.train()
+    with torch.no_grad():
+        model(speech(1.0))
+    model.eval()
+    assert model.latency == (HOP + 240 if fine else HOP) and model.latency <= 640  # <= 40 ms
+    n0 = 1000
+    base = 0.01 * speech(0.5)
+    impulse = base.clone()
+    impulse[..., n0] += 0.9
+
+    def stream(wav: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        out, when = [], []
+        with model.streaming():
+            for m in range(80, wav.shape[-1] + 1, 80):
+                audio = model.decode(model.encode(wav[..., m - 80 : m]))
+                out.append(audio)
+                when += [m] * audio.shape[-1]
+            tail = model.decode(model.flush())
+            tail = torch.cat([tail, model.flush_decoder()], -1)
+            out.append(tail)
+            when += [wav.shape[-1] + HOP] * tail.shape[-1]
+        return torch.cat(out, -1), when
+
+    y_base, when = stream(base)
+    y_imp, _ = stream(impulse)
+    waits = [m - 1 - n for n, m in enumerate(when[: base.shape[-1]]) if m <= base.shape[-1]]
+    assert max(waits) == model.latency - 1
+    changed = (y_imp - y_base).abs()[0, 0] > 1e-7
+    idx = changed.nonzero()[:, 0].tolist()
+    assert all(when[i] > n0 for i in idx)  # every sample it changes came out after it arrived
+    # ... and none before its token (the synthesis window reaches 240 samples back on the fine grid)
+    assert min(idx) >= (n0 // HOP) * HOP - (240 if fine else 0)
+    assert bool(changed[n0 : n0 + 40].any())  # the impulse comes out where it went in
+
+
+def test_fine_grid_file_decode_in_blocks_equals_the_whole() -> None:
+    """A long file decodes in streamed blocks (decode_blocks): with the synthesis look-ahead
+    the held-back samples come out at the end, and the result equals the one-piece decode."""
+    import io
+
+    import numpy as np
+
+    from codec.bitstream.container import parse
+    from codec.files.coding import decode_audio, decode_blocks, encode_stream, make_header
+
+    model = tiny_convnext("ema", **FINE).eval()
+    wav = speech(2.0, index=2)[0, 0].numpy()
+    buf = io.BytesIO()
+    encode_stream(model, [wav[:12345], wav[12345:]], buf, make_header(model, 4))
+    parsed = parse(buf.getvalue())
+    whole = decode_audio(model, parsed)
+    blocks = np.concatenate(list(decode_blocks(model, parsed, block_frames=7)))
+    assert blocks.shape == whole.shape == wav.shape
+    assert np.abs(blocks - whole).max() <= 1e-5

@@ -24,7 +24,7 @@ def recipe_kinds(name: str) -> list[str]:
         return ["simvq"] + ["ema"] * 11
     if name in ("base", "ste"):
         return ["ste"] * 12
-    if name == "speech16k":  # the shipped default model's recipe
+    if name in ("speech16k", "synthesis_fine"):  # the shipped default model's recipe, and a variant
         return ["ema"] * 12
     return [name] * 12
 

@@ -119,6 +119,9 @@ def decode_blocks(model, parsed: Parsed, priors: Priors | None = None,
                 wav = model.decode(codes[..., start : start + block_frames])[0, 0, :remaining]
                 remaining -= wav.shape[-1]
                 yield wav.cpu().numpy()
+            tail = model.flush_decoder()[0, 0, :remaining]
+            if tail.numel():
+                yield tail.cpu().numpy()
 
 
 def decode_audio(model, parsed: Parsed, priors: Priors | None = None) -> np.ndarray:

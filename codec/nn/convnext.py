@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from codec.nn.conv import CausalConv1d
 from codec.nn.frame_linear import linear
-from codec.nn.stft import CausalISTFT, CausalSTFT
+from codec.nn.stft import HEADS, CausalISTFT, CausalSTFT
 
 #: Initial value of every block's per-channel residual scale: blocks start close to identity.
 LAYER_SCALE_INIT = 0.1
@@ -63,15 +63,35 @@ class ConvNeXtConfig:
     mlp_ratio: int = 3
     kernel_size: int = 7
     strides: list = field(default_factory=lambda: [2, 4, 5, 8])
+    subframes: int = 1  # STFT frames per token (analysis and synthesis), at a sub-hop of hop / subframes
+    stft_window: int = 0  # STFT window in samples; 0: two sub-hops (50% overlap)
+    head: str = "logmag_phase"  # synthesis head: logmag_phase (log-magnitude, radians) or complex (real, imag)
+    synthesis_delay: bool = False  # sub-frames end at their sub-block (+ window - sub hop latency)
+
+    #: Fields added after config.json files existed: written only when not at their defaults,
+    #: so the files (and the fingerprints of the models they describe) stay as they were.
+    LATER_FIELDS = ("subframes", "stft_window", "head", "synthesis_delay")
 
     @property
     def hop(self) -> int:
         return int(math.prod(self.strides))
 
+    @property
+    def window(self) -> int:
+        """The STFT window in samples."""
+        return self.stft_window or 2 * (self.hop // max(1, self.subframes))
+
     def validate(self) -> None:
         """ValueError on a shape no network can be built with."""
         if min(self.width, self.mlp_ratio, self.kernel_size) < 1 or min(self.encoder_blocks, self.decoder_blocks) < 0:
             raise ValueError("width, mlp_ratio and kernel_size must be positive, block counts non-negative")
+        if self.subframes < 1 or self.hop % self.subframes:
+            raise ValueError(f"subframes must divide the hop {self.hop}, got {self.subframes}")
+        sub_hop = self.hop // self.subframes
+        if self.window % sub_hop or self.window < 2 * sub_hop:
+            raise ValueError(f"stft_window must be a multiple of the sub-hop {sub_hop} and at least two of them")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
 
 
 class ConvNeXtEncoder(nn.Module):
@@ -80,7 +100,7 @@ class ConvNeXtEncoder(nn.Module):
     def __init__(self, cfg: ConvNeXtConfig, latent_dim: int) -> None:
         super().__init__()
         width, mlp_ratio, kernel_size = cfg.width, cfg.mlp_ratio, cfg.kernel_size
-        self.stft = CausalSTFT(cfg.hop)
+        self.stft = CausalSTFT(cfg.hop, cfg.subframes, cfg.window)
         self.inp = nn.Linear(self.stft.features, width)
         self.blocks = nn.Sequential(*[ConvNeXtBlock(width, kernel_size, mlp_ratio) for _ in range(cfg.encoder_blocks)])
         self.norm = nn.LayerNorm(width)
@@ -100,8 +120,8 @@ class ConvNeXtDecoder(nn.Module):
         self.inp = CausalConv1d(latent_dim, width, 3, norm="none")
         self.blocks = nn.Sequential(*[ConvNeXtBlock(width, kernel_size, mlp_ratio) for _ in range(cfg.decoder_blocks)])
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, 2 * (cfg.hop + 1))
-        self.istft = CausalISTFT(cfg.hop)
+        self.istft = CausalISTFT(cfg.hop, cfg.subframes, cfg.window, cfg.head, cfg.synthesis_delay)
+        self.head = nn.Linear(width, self.istft.outputs)
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.blocks(self.inp(z)).transpose(1, 2)

@@ -26,78 +26,188 @@ _EPS = 1e-5
 _WINDOWS: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
 
 
-def _window(hop: int, like: Tensor) -> Tensor:
-    """The periodic Hann window of 2 hop samples in ``like``'s dtype and device, made once
-    (a streamed frame would otherwise rebuild it twice per 20 ms)."""
-    key = (hop, like.dtype, like.device)
+def _window(hop: int, like: Tensor, size: int | None = None) -> Tensor:
+    """The periodic Hann window of ``size`` samples (default 2 hop) in ``like``'s dtype and
+    device, made once (a streamed frame would otherwise rebuild it twice per 20 ms)."""
+    n = 2 * hop if size is None else size
+    key = (n, like.dtype, like.device)
     w = _WINDOWS.get(key)
     if w is None:
-        w = _WINDOWS[key] = torch.hann_window(2 * hop, periodic=True, dtype=like.dtype, device=like.device)
+        w = _WINDOWS[key] = torch.hann_window(n, periodic=True, dtype=like.dtype, device=like.device)
     return w
 
 
 class CausalSTFT(StreamingLayer):
-    """Waveform float [B, 1, T] (T a multiple of hop) -> per-frame features [B, T / hop, 3 (hop + 1)]:
-    log(|X| + 1e-5), then the real and imaginary parts of X / |X| (the phase as a unit
-    vector), for the hop + 1 bins of each frame's FFT. In streaming mode any chunk length goes in
-    and the frames it completes come out; the layer keeps fewer than 2 hop past samples."""
+    """Waveform float [B, 1, T] (T a multiple of hop) -> per-frame features [B, T / hop, features].
 
-    def __init__(self, hop: int) -> None:
+    Each token frame of ``hop`` samples holds ``subframes`` STFT frames of ``window`` samples
+    (default two sub-hops) at a sub-hop of hop / subframes; sub-frame u
+    ends at the last sample of sub-block u, so the analysis never looks ahead. Per sub-frame:
+    log(|X| + 1e-5), then the real and imaginary parts of X / |X| (the phase as a unit vector),
+    for its window / 2 + 1 bins; a token's features are its sub-frames' side by side. In
+    streaming mode any chunk length goes in and the token frames it completes come out; the
+    layer keeps fewer than window + hop past samples."""
+
+    def __init__(self, hop: int, subframes: int = 1, window: int | None = None) -> None:
         super().__init__()
         self.hop = hop
+        self.subframes = subframes
+        self.sub_hop = hop // subframes
+        self.window = 2 * self.sub_hop if window is None else window
+        if self.sub_hop * subframes != hop or self.window < self.sub_hop or self.window % 2:
+            raise ValueError(f"hop {hop} must split into {subframes} sub-hops, and the window "
+                             f"{self.window} be even and at least one sub-hop")
+
+    @property
+    def bins(self) -> int:
+        """Frequency bins per sub-frame: window / 2 + 1."""
+        return self.window // 2 + 1
 
     @property
     def features(self) -> int:
-        """Feature size per frame: 3 (hop + 1)."""
-        return 3 * (self.hop + 1)
+        """Feature size per token frame: subframes x 3 bins (3 (hop + 1) at one sub-frame)."""
+        return self.subframes * 3 * self.bins
 
     def frame_features(self, frames: Tensor) -> Tensor:
-        """Frames float [B, F, 2 hop] (raw samples) -> features [B, F, 3 (hop + 1)]."""
-        spec = torch.fft.rfft(frames * _window(self.hop, frames), dim=-1)
+        """Sub-frames float [B, U, window] (raw samples) -> features [B, U, 3 bins]."""
+        spec = torch.fft.rfft(frames * _window(self.hop, frames, self.window), dim=-1)
         mag = spec.abs()
         unit = spec / mag.clamp_min(_EPS)
         return torch.cat([torch.log(mag + _EPS), unit.real, unit.imag], dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.hop
+        h, context = self.sub_hop, self.window - self.sub_hop
         x = x[:, 0]
         if not self._streaming:
-            x = torch.nn.functional.pad(x, (h, 0))
+            x = torch.nn.functional.pad(x, (context, 0))
         else:
             buf = self.__dict__["_buffer"]
             if buf is None:
-                buf = x.new_zeros(x.shape[0], h)
+                buf = x.new_zeros(x.shape[0], context)
             x = torch.cat([buf, x], dim=-1)
-            n = max(0, (x.shape[-1] - 2 * h) // h + 1)
-            self.__dict__["_buffer"] = x[:, n * h :]
+            n = max(0, (x.shape[-1] - context) // self.hop)  # token frames completed
+            self.__dict__["_buffer"] = x[:, n * self.hop :]
             if n == 0:
                 return x.new_zeros(x.shape[0], 0, self.features)
-        return self.frame_features(x.unfold(-1, 2 * h, h))
+            if self.subframes > 1:
+                x = x[:, : context + n * self.hop]
+        feats = self.frame_features(x.unfold(-1, self.window, h))  # [B, T / h, 3 bins]
+        if self.subframes == 1:
+            return feats
+        return feats.reshape(feats.shape[0], -1, self.features)
+
+
+#: Synthesis heads: how a sub-frame's 2 bins outputs become a spectrum.
+HEADS = ("logmag_phase", "complex")
 
 
 class CausalISTFT(StreamingLayer):
-    """Per-frame spectra as [log-magnitude (hop + 1) | phase in radians (hop + 1)], float
-    [B, F, 2 (hop + 1)] -> waveform [B, 1, F hop]. Streaming keeps the last frame's second
-    half (hop samples) for the next block."""
+    """Per-token spectra, float [B, F, subframes x 2 bins] -> waveform [B, 1, F hop].
 
-    def __init__(self, hop: int) -> None:
+    Each token carries ``subframes`` spectra (bins = window / 2 + 1 each) as, per ``head``,
+    [log-magnitude | phase in radians] or [real | imaginary]; their inverse FFTs are windowed
+    (periodic Hann) and overlap-added at the sub-hop. ``delay`` False: sub-frame u starts at
+    sub-block u (it needs nothing later than itself: no latency beyond the token); True: it
+    ends at sub-block u, as the analysis does, so a sample is final only once the window - sub
+    hop samples after it are synthesised too (that much more algorithmic latency). Offline the
+    output is aligned with the input either way; streaming returns the samples that are final
+    so far (with ``delay``, the last window - sub hop of them come from ``flush``)."""
+
+    def __init__(self, hop: int, subframes: int = 1, window: int | None = None, head: str = "logmag_phase",
+                 delay: bool = False) -> None:
         super().__init__()
         self.hop = hop
+        self.subframes = subframes
+        self.sub_hop = hop // subframes
+        self.window = 2 * self.sub_hop if window is None else window
+        self.head = head
+        self.delay = delay
+        if head not in HEADS or self.window % self.sub_hop or self.sub_hop * subframes != hop:
+            raise ValueError(f"head must be one of {HEADS}; the window {self.window} a multiple of the "
+                             f"sub-hop {self.sub_hop}, which must split the hop {hop} evenly")
+
+    @property
+    def bins(self) -> int:
+        return self.window // 2 + 1
+
+    @property
+    def outputs(self) -> int:
+        """Values per token frame the head predicts: subframes x 2 bins."""
+        return self.subframes * 2 * self.bins
+
+    @property
+    def lookahead(self) -> int:
+        """Samples of algorithmic latency beyond the token: window - sub hop with ``delay``, else 0."""
+        return self.window - self.sub_hop if self.delay else 0
+
+    def _frames(self, x: Tensor) -> Tensor:
+        """[B, F, outputs] -> windowed sub-frames [B, F subframes, window]."""
+        x = x.reshape(x.shape[0], -1, 2 * self.bins)
+        first, second = x.chunk(2, dim=-1)
+        if self.head == "logmag_phase":
+            mag = torch.exp(first.clamp(max=LOG_MAGNITUDE_MAX))
+            spec = torch.complex(mag * torch.cos(second), mag * torch.sin(second))
+        else:
+            spec = torch.complex(first, second)
+        return torch.fft.irfft(spec, n=self.window, dim=-1) * _window(self.hop, x, self.window)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.hop
-        logmag, phase = x.chunk(2, dim=-1)
-        mag = torch.exp(logmag.clamp(max=LOG_MAGNITUDE_MAX))
-        spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
-        frames = torch.fft.irfft(spec, n=2 * h, dim=-1) * _window(h, x)  # [B, F, 2h]
-        b, f, _ = frames.shape
-        head, tail = frames[..., :h], frames[..., h:]
-        if self._streaming:
-            prev = self.__dict__["_buffer"]
-            if prev is None:
-                prev = tail.new_zeros(b, 1, h)
-            tails = torch.cat([prev, tail], dim=1)  # [B, F + 1, h]
-            self.__dict__["_buffer"] = tails[:, f:]
-        else:
-            tails = torch.nn.functional.pad(tail, (0, 0, 1, 0))
-        return (head + tails[:, :f]).reshape(b, 1, f * h)
+        h = self.sub_hop
+        frames = self._frames(x)  # [B, U, window]
+        b, u, _ = frames.shape
+        k = self.window // h  # sub-blocks a frame spans
+        if k == 2 and not self.delay:  # the 50% overlap of one sub-frame per token: head + tail
+            head, tail = frames[..., :h], frames[..., h:]
+            if self._streaming:
+                prev = self.__dict__["_buffer"]
+                if prev is None:
+                    prev = tail.new_zeros(b, 1, h)
+                tails = torch.cat([prev, tail], dim=1)  # [B, U + 1, h]
+                self.__dict__["_buffer"] = tails[:, u:]
+            else:
+                tails = torch.nn.functional.pad(tail, (0, 0, 1, 0))
+            return (head + tails[:, :u]).reshape(b, 1, u * h)
+        return self._overlap_add(frames.reshape(b, u, k, h))
+
+    def _overlap_add(self, pieces: Tensor) -> Tensor:
+        """Pieces [B, U, k, sub hop] (frame u's j-th sub-block) -> the final samples.
+
+        Sub-frame u covers sub-blocks u - d .. u - d + k - 1 with d = k - 1 under ``delay``
+        (else 0). Offline every sub-block 0 .. U - 1 is returned; streaming keeps the partial
+        sums of the sub-blocks later frames still add to ([B, k - 1 + d... sub-blocks]) and
+        returns those no later frame touches."""
+        b, u, k, h = pieces.shape
+        d = k - 1 if self.delay else 0
+        # sum[v] over frames: sub-block v = u' - d + j gets pieces[u', j]
+        span = u + k - 1
+        acc = pieces.new_zeros(b, span, h)
+        for j in range(k):
+            acc[:, j : j + u] += pieces[:, :, j]
+        # acc[i] is sub-block i - d relative to this call's first frame
+        if not self._streaming:
+            return acc[:, d : d + u].reshape(b, 1, u * h)
+        prev = self.__dict__["_buffer"]  # partial sums of the sub-blocks from this call's first frame - d on
+        if prev is not None:
+            acc[:, : prev.shape[1]] += prev
+        final = u  # sub-blocks (from this call's first frame - d) that no later frame reaches
+        self.__dict__["_buffer"] = acc[:, final:].clone()
+        out = acc[:, :final]
+        if self.__dict__.get("_started") is None:  # the stream's first d sub-blocks are before sample 0
+            self.__dict__["_started"] = True
+            out = out[:, d:]
+        return out.reshape(b, 1, -1)
+
+    def flush(self) -> Tensor:
+        """Streaming with ``delay``: the last window - sub hop samples (the partial sums no
+        frame will complete), float [B, 1, lookahead]; then the stream is empty."""
+        buf = self.__dict__["_buffer"]
+        if buf is None or not self.delay:
+            return torch.zeros(0)
+        d = self.window // self.sub_hop - 1
+        out = buf[:, :d].reshape(buf.shape[0], 1, -1)
+        self.__dict__["_buffer"] = None
+        return out
+
+    def reset_stream(self, streaming: bool) -> None:
+        super().reset_stream(streaming)
+        self.__dict__["_started"] = None

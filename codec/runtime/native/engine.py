@@ -68,7 +68,11 @@ def unsupported(net: nn.Module, quantizer: ResidualQuantizer, part: str) -> str 
     Euclidean distance without projections."""
     if not isinstance(net, (ConvNeXtEncoder, ConvNeXtDecoder)):
         return "not the ConvNeXt architecture"
-    hop = net.stft.hop if part == "encoder" else net.istft.hop
+    io = net.stft if part == "encoder" else net.istft
+    if io.subframes != 1 or io.window != 2 * io.hop or getattr(io, "head", "logmag_phase") != "logmag_phase" \
+            or getattr(io, "delay", False):
+        return "an STFT grid or synthesis head other than one 2-hop frame per token (log-magnitude, phase)"
+    hop = io.hop
     if max(_prime_factors(2 * hop)) > 31:
         return f"the FFT of {2 * hop} points has a prime factor above 31"
     norms = [b.norm for b in net.blocks] + [net.norm]
