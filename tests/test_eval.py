@@ -248,3 +248,31 @@ def test_int8_system_scores_the_int8_model(tmp_path, one_thread):
     encode_stream(loaded, [audio], expected, make_header(loaded, 4))
     assert files["tc+int8"] == expected.getvalue()
     assert files["tc+int8"] != files["tc"]
+
+
+def test_unquantized_quality_tool_scores_the_decoder_of_the_latents(tmp_path, capsys):
+    """tools/unquantized_quality.py: decoder(encoder(x)) scored like a bitstream decode."""
+    import importlib.util
+    import json
+
+    from codec.eval.metrics import score
+
+    spec = importlib.util.spec_from_file_location("uq", REPO / "tools" / "unquantized_quality.py")
+    uq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(uq)
+    torch.manual_seed(0)
+    model = Codec.from_config(REPO / "recipes" / "tiny_convnext.yaml").eval()
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "data").mkdir()
+    x = speech(1.5)[0, 0].numpy()
+    sf.write(tmp_path / "data" / "a.wav", x, 16000, subtype="FLOAT")
+    assert uq.main([str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--json", str(tmp_path / "s.json")]) == 0
+    with torch.no_grad():
+        y = model.decoder(model.encoder(torch.from_numpy(x)[None, None]))[0, 0, : len(x)].numpy()
+    expected = score(x, y)
+    got = json.loads((tmp_path / "s.json").read_text())[str(tmp_path / "m")]
+    assert got["files"] == 1 and got["stoi"] == pytest.approx(expected["stoi"], abs=1e-6)
+    assert got["si_sdr"] == pytest.approx(expected["si_sdr"], abs=1e-4)
+    assert "unquantized PESQ" in capsys.readouterr().out
+    assert uq.main([str(tmp_path / "nosuch")]) == 2
+    assert capsys.readouterr().err.startswith("unquantized_quality: error: ")
