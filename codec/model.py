@@ -73,7 +73,7 @@ class Codec(nn.Module):
         #: and a C compiler built it; False: always the PyTorch layers. Read when a stream starts.
         self.native = True
         #: Routes each streamed chunk to the native engine or the PyTorch layers (codec.runtime).
-        self.stream_runner = StreamRunner(self.encoder, self.decoder, self.quantizer)
+        self.stream_runner = StreamRunner(self)
 
     @property
     def int8(self) -> bool:
@@ -265,14 +265,19 @@ class Codec(nn.Module):
 
     @torch.no_grad()
     def flush_decoder(self) -> Tensor:
-        """In streaming mode: the decoded samples still held back when the synthesis has a
-        look-ahead (``latency``), float [B, 1, lookahead] ([B, 1, 0] without one). After it,
-        the stream's audio is complete: concatenated, it equals the offline decode."""
+        """In streaming mode: end the decode stream. Returns the decoded samples still held back
+        when the synthesis has a look-ahead (``latency``), float [B, 1, lookahead] ([B, 1, 0]
+        without one): concatenated after the stream's audio, it equals the offline decode. A
+        ``decode`` after it starts a new decode stream (every decoder layer afresh)."""
         if self._stream_samples is None:
             raise RuntimeError("flush_decoder() is only meaningful inside model.streaming()")
         istft = getattr(self.decoder, "istft", None)
-        tail = istft.flush() if istft is not None else torch.zeros(0)
-        return tail if tail.numel() else torch.zeros(self._stream_batch, 1, 0)
+        tail = istft.flush() if istft is not None else None
+        if tail is None:
+            tail = torch.zeros(self._stream_batch, 1, 0, device=next(self.parameters()).device)
+        set_streaming(self.decoder, True)
+        self.stream_runner.restart("decoder")
+        return tail
 
     @property
     def latency(self) -> int:
@@ -295,6 +300,7 @@ class Codec(nn.Module):
         if codes.shape[-1] == 0:
             return torch.zeros(codes.shape[0], 1, 0, device=codes.device)
         if self._stream_samples is not None:
+            self._stream_batch = codes.shape[0]
             engine = self._stream_engine("decoder", codes.shape[0], codes.shape[-1])
             if engine is not None:
                 self.quantizer.check_n_q(codes.shape[1])
@@ -316,6 +322,7 @@ class Codec(nn.Module):
         set_streaming(self.encoder, True)
         set_streaming(self.decoder, True)
         self._stream_samples = 0
+        self._stream_batch = 1
         self.stream_runner.start()
         try:
             # Weight-norm weights are computed once for the whole stream, not once per chunk.

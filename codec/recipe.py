@@ -52,7 +52,7 @@ def build_dataclass(cls: type, data: Any, where: str) -> Any:
     Unknown keys are a ConfigError (a typo must not silently take the default); fields whose
     type is itself a dataclass are built recursively; a field with a numeric default takes
     numbers given as strings (YAML 1.1 reads ``1e-3`` as one) and must hold an integer when
-    its default is one. Every other value is taken as it is.
+    its default is one (``_coerce``). Every other value is taken as it is.
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {data!r}")
@@ -72,11 +72,14 @@ def build_dataclass(cls: type, data: Any, where: str) -> Any:
 
 
 def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
-    """Numbers for numeric fields (int stays int, float stays float)."""
+    """A number for a numeric field: a string is parsed, an integral float becomes an int for an
+    int field; an int given for a float field stays an int (a saved config.json, and so a
+    model's fingerprint, must read back exactly as it was written)."""
     default = f.default if f.default is not dataclasses.MISSING else None
     if isinstance(default, bool) or not isinstance(default, (int, float)) or value is None:
         return value
-    if type(value) is type(default):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            isinstance(value, int) or isinstance(default, float)):
         return value
     try:
         number = float(value)

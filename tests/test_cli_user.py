@@ -187,6 +187,18 @@ def test_output_problems_are_found_before_the_work_and_name_the_users_path(env, 
     assert line == f"codec: error: {tmp_path / 'o.rvq'}: Permission denied", line
 
 
+def test_devices_are_written_into_never_replaced(env, tmp_path, capsys):
+    """``codec decode f.rvq /dev/null`` (or a FIFO) writes into the device: no --force needed,
+    and the device stays a device."""
+    import stat
+
+    rvq = tmp_path / "a.rvq"
+    assert main(["encode", env["speech"], str(rvq), "--model", env["model"], "-q"]) == 0
+    assert main(["decode", str(rvq), "/dev/null", "--model", env["model"]]) == 0
+    assert main(["encode", env["speech"], "/dev/null", "--model", env["model"], "-q"]) == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
 def test_unknown_output_extension_is_refused_before_decoding(env, tmp_path, capsys):
     rvq = tmp_path / "a.rvq"
     assert main(["encode", env["speech"], str(rvq), "--model", env["model"], "-q"]) == 0

@@ -376,3 +376,16 @@ def test_each_architecture_config_builds_its_networks_and_the_saved_format_is_ke
         assert z.shape == (1, 16, 4) and decoder(arch, 16)(z).shape == (1, 1, 64)
         with pytest.raises(ConfigError):
             ModelConfig.from_dict({"architecture": name, "width": 0, "channels": 0})
+
+
+def test_a_saved_config_reads_back_exactly() -> None:
+    """Numbers stay as written (an int dropout stays an int: the fingerprint hashes the JSON),
+    strings from YAML 1.1 ("1e-3") become numbers, integral floats fill int fields."""
+    from codec.config import ModelConfig
+
+    cfg = ModelConfig.from_dict({"quantizer": {"dropout": 0, "stats_window": 100.0}, "latent_dim": "64"})
+    assert cfg.quantizer.dropout == 0 and type(cfg.quantizer.dropout) is int
+    assert type(cfg.quantizer.stats_window) is int and cfg.latent_dim == 64
+    assert ModelConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match="integer"):
+        ModelConfig.from_dict({"latent_dim": 64.5})

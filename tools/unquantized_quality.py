@@ -48,7 +48,7 @@ def summary(rows: list[dict[str, float]]) -> dict[str, float]:
     """Means over files (PESQ also its 95% half-interval, 1.96 sd / sqrt n, NaNs left out)."""
     pesq = np.array([r["pesq"] for r in rows if not math.isnan(r["pesq"])])
     means = {k: float(np.mean([r[k] for r in rows])) for k in ("stoi", "mel_distance", "si_sdr")}
-    return {"files": len(rows), "pesq": float(pesq.mean()),
+    return {"files": len(rows), "pesq": float(pesq.mean()) if len(pesq) else math.nan,
             "pesq_ci95": float(1.96 * pesq.std(ddof=1) / math.sqrt(len(pesq))) if len(pesq) > 1 else math.nan,
             **means}
 
@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--data {args.data}: no audio files")
         results = {}
         for name in args.models:
-            s = summary(unquantized_scores(Codec.from_pretrained(name).eval(), files))
+            try:
+                model = Codec.from_pretrained(name).eval()
+            except Exception as e:  # noqa: BLE001 - any failure to load is one line
+                raise ConfigError(f"cannot load model {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            s = summary(unquantized_scores(model, files))
             results[name] = s
             print(f"{name}: unquantized PESQ {s['pesq']:.3f} +- {s['pesq_ci95']:.3f}, STOI {s['stoi']:.3f}, "
                   f"mel {s['mel_distance']:.3f}, SI-SDR {s['si_sdr']:.2f} dB ({s['files']} files)")

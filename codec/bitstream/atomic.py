@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -17,12 +18,15 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
     ('-' = copied to stdout).
 
     The temporary file lives in the destination folder (same filesystem, so the final
-    ``os.replace`` is atomic), or in $TMPDIR for stdout, and is made on entry, so a folder
-    that cannot be written fails before any work. On any exception (a signal the caller turns
-    into one included) it is deleted and nothing reaches the destination. OSErrors about the
-    temporary file name ``path`` instead, the file the user asked for.
+    ``os.replace`` is atomic), or in $TMPDIR for stdout and for an existing output that is not
+    a regular file (``/dev/null``, a FIFO: copied into it at the end, never replaced), and is
+    made on entry, so a folder that cannot be written fails before any work. On any exception
+    (a signal the caller turns into one included) it is deleted and nothing reaches the
+    destination. OSErrors about the temporary file name ``path`` instead, the file the user
+    asked for.
     """
-    folder = None if path == "-" else os.path.dirname(os.path.abspath(path))
+    stream = path == "-" or is_special(path)
+    folder = None if stream else os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".codec-", suffix=".tmp", dir=folder)
     except OSError as e:
@@ -35,6 +39,9 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
             with open(tmp, "rb") as src:
                 shutil.copyfileobj(src, sys.stdout.buffer)
             sys.stdout.buffer.flush()
+        elif stream:
+            with open(tmp, "rb") as src, open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst)
         else:
             try:
                 os.replace(tmp, path)
@@ -43,6 +50,15 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def is_special(path: str) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a directory (a device, a FIFO)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _umask() -> int:

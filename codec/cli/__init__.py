@@ -83,8 +83,7 @@ def _signals_unwind() -> Iterator[None]:
 @contextlib.contextmanager
 def _warnings_as_notes() -> Iterator[None]:
     """Python warnings print as one ``codec: warning: ...`` line each (no source line)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
+    with warnings.catch_warnings():  # the filters stay as they are: only how a warning is shown changes
         warnings.showwarning = lambda message, *rest, **kw: warn(str(message))
         yield
 

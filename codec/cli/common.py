@@ -119,9 +119,9 @@ def default_model_rates() -> list[float]:
         config = json.loads((resolve(None) / "config.json").read_text())
         q = config["quantizer"]
         frame_rate = config["sample_rate"] / math.prod(config["strides"])
-        sizes = [q["codebook_size"]] * q["n_stages"]
-        for i, stage in enumerate(q.get("stages") or []):
-            sizes[i] = stage.get("codebook_size", sizes[i])
+        stages = [s for s in q.get("stages") or [] for _ in range(int(s.get("repeat", 1)))]
+        # a stages list fixes the number of stages (QuantizerConfig.resolved_stages)
+        sizes = [s.get("codebook_size", q["codebook_size"]) for s in stages] or [q["codebook_size"]] * q["n_stages"]
     except Exception:  # noqa: BLE001 - help text only
         return []
     return [frame_rate * sum(math.log2(k) for k in sizes[:n]) for n in range(1, len(sizes) + 1)]
@@ -142,13 +142,16 @@ def read_input_bytes(path: str) -> bytes:
 def check_output(path: str, inputs: list[str], force: bool) -> None:
     """Refuse, before any work, an output that cannot or must not be written.
 
-    ``path`` '-' (stdout) always passes. Otherwise CLIError when: it is one of ``inputs`` (the
-    same file, also through a link; even with ``force``), a directory, in a folder that does not
-    exist, or an existing file while ``force`` is False. Whether the folder is writable is
-    known only once the output's temporary file is made (``atomic_output``, which names
-    ``path`` in its error), and the subcommands make it before they start the work.
+    ``path`` '-' (stdout) and an existing device or FIFO (``/dev/null``: written into, never
+    replaced) always pass. Otherwise CLIError when: it is one of ``inputs`` (the same file,
+    also through a link; even with ``force``), a directory, in a folder that does not exist or
+    that this user cannot write, or an existing file while ``force`` is False. (A read-only
+    file system, which root's permissions do not show, fails when the output's temporary file
+    is made, ``atomic_output``, and that error names ``path`` too.)
     """
-    if path == "-":
+    from codec.bitstream.atomic import is_special
+
+    if path == "-" or is_special(path):
         return
     p = Path(path)
     for source in inputs:
@@ -159,6 +162,8 @@ def check_output(path: str, inputs: list[str], force: bool) -> None:
     folder = p.resolve().parent
     if not folder.is_dir():
         raise CLIError(f"{path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"{path}: cannot write in the folder {folder} (permission denied)")
     if p.exists() and not force:
         raise CLIError(f"{path} exists; pass --force (or -y) to replace it")
 

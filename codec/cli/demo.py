@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from codec.cli.common import CLIError, load_model, load_priors, model_help
+from codec.cli.common import CLIError, int_in, load_model, load_priors, model_help
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "samples"
 SAMPLE_ID = "3080-5032-0003"
@@ -156,12 +156,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=DESCRIPTION.format(sample_id=SAMPLE_ID, credit=SAMPLE_CREDIT), epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", metavar="NAME|DIR", help=model_help())
-    p.add_argument("--stages", type=int, metavar="N", help="use the first N quantizer stages (default: all)")
+    p.add_argument("--stages", type=int_in(1), metavar="N", help="use the first N quantizer stages (default: all)")
     p.add_argument("--entropy", action="store_true",
                    help="range-code the codes with the model's priors.json (see `codec priors`)")
     p.add_argument("--out", metavar="DIR",
                    help="folder for the .rvq and .wav files (created if needed; default: a fresh temporary folder)")
-    p.add_argument("--force", action="store_true", help="replace the demo's files if --out already holds them")
+    p.add_argument("-f", "-y", "--force", action="store_true", help="replace the demo's files if --out already holds them")
     p.set_defaults(func=run)
 
 

@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> None:
     from codec.audio_io import AudioReader
     from codec.bitstream.atomic import atomic_output
     from codec.bitstream.container import DEFAULT_BLOCK_FRAMES
+    from codec.bitstream.header import TRAILER_SIZE
     from codec.bitstream.packing import packed_size
     from codec.files.coding import encode_stream, fixed_width_if_smaller, make_header
 
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> None:
                 " fixed-width")
     elif priors is not None:
         fixed = packed_size(result.num_frames, header.bit_widths)
-        payload = result.file_size - header.size - 16
+        payload = result.file_size - header.size - TRAILER_SIZE
         msg += f"; range coding saved {100 * (1 - payload / fixed):.1f}% of the fixed-width payload"
     if not args.quiet:
         note(msg)

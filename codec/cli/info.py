@@ -28,11 +28,12 @@ def info_fields(parsed) -> dict:
     """Everything ``codec info`` prints for a ``codec.bitstream.container.Parsed`` file, as plain
     values (bits are exact integers; ``fixed_width_payload_bits``: the payload the same codes
     take packed fixed-width, which is the payload itself in a fixed-width file)."""
+    from codec.bitstream.header import TRAILER_SIZE
     from codec.bitstream.packing import packed_size
 
     h, t = parsed.header, parsed.trailer
     duration = t.num_samples / h.sample_rate
-    header_bits, payload_bits, trailer_bits = 8 * h.size, 8 * parsed.payload_size, 8 * 16
+    header_bits, payload_bits, trailer_bits = 8 * h.size, 8 * parsed.payload_size, 8 * TRAILER_SIZE
     return {
         "version": h.version,
         "mode": {0: "fixed-width", 1: "range-coded"}[h.mode],

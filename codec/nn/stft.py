@@ -1,6 +1,8 @@
-"""Causal, streamable short-time Fourier analysis and synthesis at one hop per frame.
+"""Causal, streamable short-time Fourier analysis and synthesis on a token grid.
 
-With hop h, frame t spans the 2h samples x[(t - 1) h : (t + 1) h] (a periodic Hann window,
+The default grid (what follows describes it; ``CausalSTFT`` / ``CausalISTFT`` also take
+several sub-frames per token, longer windows and a synthesis delay, see their docstrings):
+with hop h, frame t spans the 2h samples x[(t - 1) h : (t + 1) h] (a periodic Hann window,
 50% overlap): it ends at the last sample of block t, so the analysis never looks ahead.
 Synthesis overlap-adds windowed inverse FFTs so that output block t (samples t h .. t h + h - 1)
 is the first half of frame t plus the second half of frame t - 1: a frame needs nothing
@@ -26,10 +28,9 @@ _EPS = 1e-5
 _WINDOWS: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
 
 
-def _window(hop: int, like: Tensor, size: int | None = None) -> Tensor:
-    """The periodic Hann window of ``size`` samples (default 2 hop) in ``like``'s dtype and
-    device, made once (a streamed frame would otherwise rebuild it twice per 20 ms)."""
-    n = 2 * hop if size is None else size
+def _window(n: int, like: Tensor) -> Tensor:
+    """The periodic Hann window of ``n`` samples in ``like``'s dtype and device, made once (a
+    streamed frame would otherwise rebuild it twice per 20 ms)."""
     key = (n, like.dtype, like.device)
     w = _WINDOWS.get(key)
     if w is None:
@@ -70,7 +71,7 @@ class CausalSTFT(StreamingLayer):
 
     def frame_features(self, frames: Tensor) -> Tensor:
         """Sub-frames float [B, U, window] (raw samples) -> features [B, U, 3 bins]."""
-        spec = torch.fft.rfft(frames * _window(self.hop, frames, self.window), dim=-1)
+        spec = torch.fft.rfft(frames * _window(self.window, frames), dim=-1)
         mag = spec.abs()
         unit = spec / mag.clamp_min(_EPS)
         return torch.cat([torch.log(mag + _EPS), unit.real, unit.imag], dim=-1)
@@ -149,14 +150,16 @@ class CausalISTFT(StreamingLayer):
             spec = torch.complex(mag * torch.cos(second), mag * torch.sin(second))
         else:
             spec = torch.complex(first, second)
-        return torch.fft.irfft(spec, n=self.window, dim=-1) * _window(self.hop, x, self.window)
+        return torch.fft.irfft(spec, n=self.window, dim=-1) * _window(self.window, x)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.sub_hop
         frames = self._frames(x)  # [B, U, window]
         b, u, _ = frames.shape
         k = self.window // h  # sub-blocks a frame spans
-        if k == 2 and not self.delay:  # the 50% overlap of one sub-frame per token: head + tail
+        if k == 2 and not self.delay:
+            # 50% overlap without delay (the default grid): head + tail, the operations the
+            # shipped model was measured with, kept so its output stays bit for bit the same
             head, tail = frames[..., :h], frames[..., h:]
             if self._streaming:
                 prev = self.__dict__["_buffer"]
@@ -174,8 +177,8 @@ class CausalISTFT(StreamingLayer):
 
         Sub-frame u covers sub-blocks u - d .. u - d + k - 1 with d = k - 1 under ``delay``
         (else 0). Offline every sub-block 0 .. U - 1 is returned; streaming keeps the partial
-        sums of the sub-blocks later frames still add to ([B, k - 1 + d... sub-blocks]) and
-        returns those no later frame touches."""
+        sums of the k - 1 sub-blocks later frames still add to ([B, k - 1, sub hop]) and
+        returns those no later frame touches, less the stream's first d (before sample 0)."""
         b, u, k, h = pieces.shape
         d = k - 1 if self.delay else 0
         # sum[v] over frames: sub-block v = u' - d + j gets pieces[u', j]
@@ -192,22 +195,30 @@ class CausalISTFT(StreamingLayer):
         final = u  # sub-blocks (from this call's first frame - d) that no later frame reaches
         self.__dict__["_buffer"] = acc[:, final:].clone()
         out = acc[:, :final]
-        if self.__dict__.get("_started") is None:  # the stream's first d sub-blocks are before sample 0
-            self.__dict__["_started"] = True
-            out = out[:, d:]
+        skip = self.__dict__.get("_skip")
+        skip = d if skip is None else skip  # the stream's first d sub-blocks lie before sample 0
+        if skip:
+            dropped = min(skip, out.shape[1])
+            out = out[:, dropped:]
+            skip -= dropped
+        self.__dict__["_skip"] = skip
         return out.reshape(b, 1, -1)
 
-    def flush(self) -> Tensor:
-        """Streaming with ``delay``: the last window - sub hop samples (the partial sums no
-        frame will complete), float [B, 1, lookahead]; then the stream is empty."""
+    def flush(self) -> Tensor | None:
+        """Streaming: the samples still held back, float [B, 1, lookahead] (the partial sums
+        no later frame will complete), or None when there are none; the stream then starts
+        afresh."""
         buf = self.__dict__["_buffer"]
+        self.load_stream_state(None)
         if buf is None or not self.delay:
-            return torch.zeros(0)
-        d = self.window // self.sub_hop - 1
-        out = buf[:, :d].reshape(buf.shape[0], 1, -1)
-        self.__dict__["_buffer"] = None
-        return out
+            return None
+        return buf[:, : self.lookahead // self.sub_hop].reshape(buf.shape[0], 1, -1)
+
+    def load_stream_state(self, state: Tensor | None) -> None:
+        super().load_stream_state(state)
+        if state is None:
+            self.__dict__["_skip"] = None
 
     def reset_stream(self, streaming: bool) -> None:
         super().reset_stream(streaming)
-        self.__dict__["_started"] = None
+        self.__dict__["_skip"] = None

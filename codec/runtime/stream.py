@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from codec.quant.residual import ResidualQuantizer
 from codec.runtime import native
 from codec.runtime.native.engine import FrameEngine, unsupported
 
@@ -23,14 +22,14 @@ ENGINE, LAYERS = "engine", "layers"
 
 
 class StreamRunner:
-    """Routes the chunks of a codec's streams (``encoder`` and ``decoder`` networks with their
-    ``quantizer`` stack). ``start()`` begins a stream, ``route()`` picks each chunk's runtime,
-    ``stop()`` ends it. Prepared engines are kept between streams while the weights they were
-    built from are unchanged (same storage and version counters)."""
+    """Routes the chunks of a codec's streams. ``codec``: any module with ``encoder``,
+    ``decoder`` and ``quantizer`` (a ResidualQuantizer) attributes, read at every new stream,
+    so replacing one of them is seen. ``start()`` begins a stream, ``route()`` picks each
+    chunk's runtime, ``stop()`` ends it. Prepared engines are kept between streams while the
+    weights they were built from are unchanged (same storage and version counters)."""
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: ResidualQuantizer) -> None:
-        self._nets = {"encoder": encoder, "decoder": decoder}
-        self._quantizer = quantizer
+    def __init__(self, codec: nn.Module) -> None:
+        self._codec = codec
         self._cache: dict[str, tuple[tuple | None, FrameEngine]] = {}
         self._engines: dict[str, FrameEngine | None] = {}
         self._paths: dict[str, str] = {}
@@ -42,6 +41,14 @@ class StreamRunner:
     def stop(self) -> None:
         """The stream ended: forget its engines' paths (prepared engines stay cached)."""
         self._engines, self._paths = {}, {}
+
+    def restart(self, part: str) -> None:
+        """``part``'s stream starts afresh within the current stream (its engine's history
+        cleared; the PyTorch layers' are the caller's to reset)."""
+        engine = self._engines.get(part)
+        if engine is not None:
+            engine.reset()
+        self._paths.pop(part, None)
 
     def engine(self, part: str) -> FrameEngine | None:
         """The current stream's engine for ``part`` (None: the engine does not apply, or the
@@ -71,30 +78,31 @@ class StreamRunner:
         if batch != 1:
             raise ValueError(f"a stream's batch size cannot change (it started with 1, got {batch})")
         path = self._paths.get(part)
+        net = getattr(self._codec, part)
         if frames <= ENGINE_MAX_FRAMES:
             if path == LAYERS:
-                engine.load_state(self._nets[part])
+                engine.load_state(net)
             self._paths[part] = ENGINE
             return engine
         if path == ENGINE:
-            engine.store_state(self._nets[part])
+            engine.store_state(net)
         self._paths[part] = LAYERS
         return None
 
     def _new_engine(self, part: str, batch: int, native_on: bool, exact: bool, int8: bool) -> FrameEngine | None:
         """The engine of a new stream's ``part`` (None where it does not apply), recorded."""
-        net, engine = self._nets[part], None
+        net, quantizer, engine = getattr(self._codec, part), self._codec.quantizer, None
         on_cpu = next(net.parameters()).device.type == "cpu"
         if native_on and batch == 1 and not (part == "encoder" and exact) and on_cpu:
-            lib = native.load() if unsupported(net, self._quantizer, part) is None else None
+            lib = native.load() if unsupported(net, quantizer, part) is None else None
             if lib is not None:
-                key = FrameEngine.weights_key(net, self._quantizer, int8)
+                key = FrameEngine.weights_key(net, quantizer, int8)
                 cached = self._cache.get(part)
                 if key is not None and cached is not None and cached[0] == key:
                     engine = cached[1]
                     engine.reset()
                 else:
-                    engine = FrameEngine(lib, net, self._quantizer, part, int8)
+                    engine = FrameEngine(lib, net, quantizer, part, int8)
                     self._cache[part] = (key, engine)
         self._engines[part] = engine
         return engine

@@ -77,8 +77,10 @@ class TrainConfig:
             raise ConfigError("train.data.crop_seconds and valid_seconds must be > 0")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
-        if len(self.loss.mel_windows) != len(self.loss.n_mels):
-            raise ConfigError("train.loss.mel_windows and n_mels must have the same length")
+        try:
+            self.loss.validate()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
 
     def data_root(self) -> Path:
         """The LibriSpeech root: recipe / --set, else $LIBRISPEECH, else $CODEC_DATA/LibriSpeech,

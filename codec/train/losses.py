@@ -71,8 +71,8 @@ class CompressedComplexLoss(nn.Module):
         super().__init__()
         self.resolutions = [(int(n), int(h)) for n, h in resolutions]
         self.power = float(power)
-        for n, _ in self.resolutions:
-            self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
+        for i, (n, _) in enumerate(self.resolutions):
+            self.register_buffer(f"win{i}", torch.hann_window(n), persistent=False)
 
     def compressed(self, spec: Tensor) -> Tensor:
         """Complex spectrum -> S |S|^(power - 1), complex, same shape."""
@@ -82,8 +82,8 @@ class CompressedComplexLoss(nn.Module):
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         x = torch.cat([pred, target]).squeeze(1).float()  # one STFT for both: [2B, T]
         total = x.new_zeros(())
-        for n, hop in self.resolutions:
-            spec = torch.stft(x, n_fft=n, hop_length=hop, window=getattr(self, f"win{n}"), return_complex=True)
+        for i, (n, hop) in enumerate(self.resolutions):
+            spec = torch.stft(x, n_fft=n, hop_length=hop, window=getattr(self, f"win{i}"), return_complex=True)
             p, t = self.compressed(spec).chunk(2)
             total = total + (p - t).abs().square().mean() + (p.abs() - t.abs()).square().mean()
         return total / len(self.resolutions)
@@ -120,6 +120,19 @@ class LossConfig:
     n_mels: list = field(default_factory=lambda: [5, 10, 20, 40, 80, 80, 80])  # per window
     complex_resolutions: list = field(default_factory=lambda: [[320, 80]])  # [n_fft, hop] pairs (ESC's grid)
     complex_power: float = 0.3  # the magnitude compression exponent c
+
+    def validate(self) -> None:
+        """ValueError on settings no loss can be computed with."""
+        if any(float(w) < 0 for w in self.weights().values()):
+            raise ValueError("train.loss weights must be >= 0")
+        if len(self.mel_windows) != len(self.n_mels):
+            raise ValueError("train.loss.mel_windows and n_mels must have the same length")
+        pairs = self.complex_resolutions
+        if not pairs or any(not isinstance(p, (list, tuple)) or len(p) != 2 or int(p[1]) < 1 or int(p[0]) < int(p[1])
+                            for p in pairs):
+            raise ValueError("train.loss.complex_resolutions must be [n_fft, hop] pairs with n_fft >= hop >= 1")
+        if not self.complex_power > 0:
+            raise ValueError("train.loss.complex_power must be > 0")
 
     def weights(self) -> dict[str, float]:
         """{term: weight} for every term of TERM_NAMES (DAC's ``lambdas``)."""

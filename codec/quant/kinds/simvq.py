@@ -37,7 +37,7 @@ def restart_rows(w: Tensor, b: Tensor, targets: Tensor, scale: float, iters: int
         return t * s[None] / (s2 + lam[:, None])
 
     limit = torch.clamp(t.norm(dim=1) / s.max(), min=scale)
-    exact = coords(torch.zeros(t.shape[0], dtype=t.dtype))
+    exact = coords(t.new_zeros(t.shape[0]))
     norms = exact.norm(dim=1)
     over = norms > limit
     if bool(over.any()):

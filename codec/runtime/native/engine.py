@@ -202,7 +202,7 @@ class FrameEngine:
         lin = _Linear(n_in=n_in, n_out=out, int8=int(int8))
         if int8:
             q, scale = quantize_int8(weight)  # the same values as frame_linear's int8 path
-            lin.q = self._ptr(pack_tiles(q[:, :n_in]))
+            lin.q = self._ptr(pack_tiles(q))
             lin.scale = self._f32(scale.to(torch.bfloat16).float())
             lin.bias = self._f32(bias if bias is not None else torch.zeros(out))
         else:
@@ -216,7 +216,7 @@ class FrameEngine:
         ||r||_1 scale_k / 2 of the exact ones."""
         k, d = book.shape
         q, scale = quantize_int8(book)
-        return _Linear(n_in=d, n_out=k, int8=2, q=self._ptr(pack_tiles(q[:, :d])), scale=self._f32(scale))
+        return _Linear(n_in=d, n_out=k, int8=2, q=self._ptr(pack_tiles(q)), scale=self._f32(scale))
 
     def _nn_linear(self, layer: nn.Linear) -> _Linear:
         return self._linear(layer.weight, layer.bias, self._int8)

@@ -4,8 +4,8 @@
  * (5-30 us each on a shared CPU) around a dozen matrix-vector products. Here the whole frame
  * (STFT, ConvNeXt blocks, residual code search / codebook sum, inverse STFT) is one C loop
  * over weights the Python side prepared once per stream, with the same arithmetic as the
- * PyTorch modules (float32; the int8 mode rounds activations and outputs to bfloat16 exactly
- * as torch._weight_int8pack_mm does), so streamed results match the offline ones up to float
+ * PyTorch modules (float32; the int8 mode rounds activations and outputs to bfloat16 as the
+ * PyTorch int8 path in codec/nn/frame_linear.py does), so streamed results match the offline ones up to float
  * summation order.
  *
  * Linear weights are packed in output tiles of TILE columns: packed[t][i][j] = W[t*TILE + j][i]
