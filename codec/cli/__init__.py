@@ -63,8 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _signals_unwind() -> Iterator[None]:
-    """While inside: SIGTERM and SIGHUP raise Terminated in the main thread (restored after)."""
+    """While inside: SIGTERM and SIGHUP raise Terminated in the main thread (restored after).
+    A forked child (a data-loading worker) that inherits the handler dies of the signal as
+    before instead."""
+    owner = os.getpid()
+
     def handler(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise Terminated(signum)
 
     previous = {}
