@@ -38,7 +38,27 @@ def _window(n: int, like: Tensor) -> Tensor:
     return w
 
 
-class CausalSTFT(StreamingLayer):
+class _TokenGrid(StreamingLayer):
+    """The STFT grid of a token rate: ``hop`` samples per token, ``subframes`` frames per token
+    at a sub-hop of hop / subframes, ``window`` samples per frame (default two sub-hops)."""
+
+    def __init__(self, hop: int, subframes: int, window: int | None) -> None:
+        super().__init__()
+        self.hop = hop
+        self.subframes = subframes
+        self.sub_hop = hop // subframes
+        self.window = 2 * self.sub_hop if window is None else window
+        if self.sub_hop * subframes != hop or self.window % self.sub_hop or self.window < self.sub_hop:
+            raise ValueError(f"hop {hop} must split into {subframes} sub-hops, and the window {self.window} "
+                             "be a multiple of the sub-hop")
+
+    @property
+    def bins(self) -> int:
+        """Frequency bins per frame: window / 2 + 1."""
+        return self.window // 2 + 1
+
+
+class CausalSTFT(_TokenGrid):
     """Waveform float [B, 1, T] (T a multiple of hop) -> per-frame features [B, T / hop, features].
 
     Each token frame of ``hop`` samples holds ``subframes`` STFT frames of ``window`` samples
@@ -50,19 +70,7 @@ class CausalSTFT(StreamingLayer):
     layer keeps fewer than window + hop past samples."""
 
     def __init__(self, hop: int, subframes: int = 1, window: int | None = None) -> None:
-        super().__init__()
-        self.hop = hop
-        self.subframes = subframes
-        self.sub_hop = hop // subframes
-        self.window = 2 * self.sub_hop if window is None else window
-        if self.sub_hop * subframes != hop or self.window < self.sub_hop or self.window % 2:
-            raise ValueError(f"hop {hop} must split into {subframes} sub-hops, and the window "
-                             f"{self.window} be even and at least one sub-hop")
-
-    @property
-    def bins(self) -> int:
-        """Frequency bins per sub-frame: window / 2 + 1."""
-        return self.window // 2 + 1
+        super().__init__(hop, subframes, window)
 
     @property
     def features(self) -> int:
@@ -102,7 +110,7 @@ class CausalSTFT(StreamingLayer):
 HEADS = ("logmag_phase", "complex")
 
 
-class CausalISTFT(StreamingLayer):
+class CausalISTFT(_TokenGrid):
     """Per-token spectra, float [B, F, subframes x 2 bins] -> waveform [B, 1, F hop].
 
     Each token carries ``subframes`` spectra (bins = window / 2 + 1 each) as, per ``head``,
@@ -116,20 +124,11 @@ class CausalISTFT(StreamingLayer):
 
     def __init__(self, hop: int, subframes: int = 1, window: int | None = None, head: str = "logmag_phase",
                  delay: bool = False) -> None:
-        super().__init__()
-        self.hop = hop
-        self.subframes = subframes
-        self.sub_hop = hop // subframes
-        self.window = 2 * self.sub_hop if window is None else window
+        super().__init__(hop, subframes, window)
         self.head = head
         self.delay = delay
-        if head not in HEADS or self.window % self.sub_hop or self.sub_hop * subframes != hop:
-            raise ValueError(f"head must be one of {HEADS}; the window {self.window} a multiple of the "
-                             f"sub-hop {self.sub_hop}, which must split the hop {hop} evenly")
-
-    @property
-    def bins(self) -> int:
-        return self.window // 2 + 1
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, not {head!r}")
 
     @property
     def outputs(self) -> int:
