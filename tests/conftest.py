@@ -35,6 +35,15 @@ def speech(seconds: float, index: int = 0, subset: str = "test-other") -> torch.
     return torch.from_numpy(np.ascontiguousarray(audio))[None, None]
 
 
+def cycled_slices(total: int, sizes: list[int]) -> list[slice]:
+    """Consecutive slices covering 0 .. total, of the given sizes taken in turn (the last cut short)."""
+    out, start, k = [], 0, 0
+    while start < total:
+        out.append(slice(start, start + sizes[k % len(sizes)]))
+        start, k = start + sizes[k % len(sizes)], k + 1
+    return out
+
+
 def tiny_recipe(kind: str, **quantizer: object) -> dict:
     """recipes/tiny.yaml with every stage of ``kind`` and extra quantizer settings."""
     return deep_merge(load_recipe(REPO / "recipes" / "tiny.yaml"),

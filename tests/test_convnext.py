@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO, speech
+from conftest import REPO, cycled_slices, speech
 
 from codec import Codec
 from codec.nn.conv import CausalConv1d
@@ -210,12 +210,8 @@ def test_fine_grid_streams_like_offline(groups: list[int], grid: dict) -> None:
         parts = [model.encode(wav[..., i : i + 999]) for i in range(0, wav.shape[-1], 999)] + [model.flush()]
     assert torch.equal(torch.cat(parts, -1), codes)
     offline = model.decode(codes)
-    out, t, k = [], 0, 0
     with model.streaming():
-        while t < codes.shape[-1]:
-            n = groups[k % len(groups)]
-            out.append(model.decode(codes[..., t : t + n]))
-            t, k = t + n, k + 1
+        out = [model.decode(codes[..., s]) for s in cycled_slices(codes.shape[-1], groups)]
         out.append(model.flush_decoder())
         again = torch.cat([model.decode(codes[..., t : t + 1]) for t in range(codes.shape[-1])]
                           + [model.flush_decoder()], -1)

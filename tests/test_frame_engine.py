@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO, speech
+from conftest import REPO, cycled_slices, speech
 
 from codec import Codec
 from codec.recipe import deep_merge, load_recipe
@@ -40,12 +40,8 @@ def stream_codes(model: Codec, wav: torch.Tensor, chunks: list[int] | int, nativ
     """Codes of ``wav`` streamed in chunks of the given sizes (cycled) and flushed."""
     model.native = native_on
     sizes = [chunks] if isinstance(chunks, int) else chunks
-    parts, i, k = [], 0, 0
     with model.streaming():
-        while i < wav.shape[-1]:
-            n = sizes[k % len(sizes)]
-            parts.append(model.encode(wav[..., i : i + n]))
-            i, k = i + n, k + 1
+        parts = [model.encode(wav[..., s]) for s in cycled_slices(wav.shape[-1], sizes)]
         parts.append(model.flush())
         used = type(model.stream_runner.engine("encoder"))
     assert (used is FrameEngine) == (native_on and model.native and not model.exact)

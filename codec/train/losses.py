@@ -102,7 +102,6 @@ def si_sdr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
 #: The named terms of the training loss, in the order logs list them. "quantizer" is the
 #: stack's own auxiliary loss (commitment, codebook), the others compare audio.
 TERM_NAMES = ("stft", "mel", "l1", "complex", "sisdr", "quantizer")
-AUDIO_TERMS = ("stft", "mel", "l1", "complex", "sisdr")
 
 
 @dataclass
