@@ -33,7 +33,9 @@ class CodecOutput:
     audio: float [B, 1, T] reconstruction, same length as the input; codes: int64 [B, n, F]
     (n = all stages in training, the requested n_q in eval);
     quantizer_loss: scalar, the sum of the stages' auxiliary losses; stage_losses: [n];
-    counts: per stage [K_i] code counts over active positions; n_q: [B] stages per item.
+    counts: per stage [K_i] code counts over active positions; n_q: [B] stages per item;
+    spectra: when asked for and the decoder synthesises from spectra, (its sub-frames' spectra,
+    the spectra that would rebuild the input exactly), complex [B, U, bins] each.
     """
 
     audio: Tensor
@@ -42,6 +44,7 @@ class CodecOutput:
     stage_losses: Tensor
     counts: list[Tensor]
     n_q: Tensor
+    spectra: tuple[Tensor, Tensor] | None = None
 
 
 def build_encoder_decoder(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
@@ -335,36 +338,51 @@ class Codec(nn.Module):
             self.stream_runner.stop()
 
     # ----- training ---------------------------------------------------------------------
-    def forward(self, wav: Tensor, n_q: int | None = None, quantize: bool = True) -> CodecOutput:
+    def _synthesise(self, latents: Tensor, padded: Tensor, spectra: bool) -> tuple[Tensor, tuple | None]:
+        """Decoder pass for ``forward``: (audio [B, 1, F hop], the CodecOutput.spectra pair or None)."""
+        if not spectra or not hasattr(self.decoder, "forward_with_spectra"):
+            return self.decoder(latents), None
+        audio, spec = self.decoder.forward_with_spectra(latents)
+        with torch.no_grad():
+            target = self.decoder.istft.target_spectra(padded.float())
+        return audio, (spec, target)
+
+    def forward(self, wav: Tensor, n_q: int | None = None, quantize: bool = True,
+                spectra: bool = False) -> CodecOutput:
         """Training / validation pass: audio float [B, 1, T] -> CodecOutput with the
         reconstruction trimmed to T samples. In training mode quantizer dropout applies
         unless ``n_q`` is given. ``quantize=False`` bypasses the quantizer (the decoder gets the
         encoder's latents; no codebook or statistics change, quantizer loss 0, codes [B, 0, F]):
-        the warm-up without quantization some recipes train with first."""
+        the warm-up without quantization some recipes train with first. ``spectra``: also
+        return the decoder's synthesis spectra and their targets (STFT-head decoders only)."""
         length = wav.shape[-1]
-        z = self.encoder(self._pad(wav))
+        padded = self._pad(wav)
+        z = self.encoder(padded)
         if not quantize:
             b, f = z.shape[0], z.shape[-1]
+            audio, spec = self._synthesise(z, padded, spectra)
             return CodecOutput(
-                audio=self.decoder(z)[..., :length],
+                audio=audio[..., :length],
                 codes=torch.zeros(b, 0, f, dtype=torch.long, device=z.device),
                 quantizer_loss=z.new_zeros(()),
                 stage_losses=z.new_zeros(self.num_stages),
                 counts=[torch.zeros(k, device=z.device) for k in self.codebook_sizes],
                 n_q=torch.zeros(b, dtype=torch.long, device=z.device),
+                spectra=spec,
             )
         # Under bf16 autocast the code search would pick wrong neighbours and corrupt EMA
         # statistics: the quantizer always runs in fp32, the convolutions in autocast's dtype.
         with torch.autocast(device_type=z.device.type, enabled=False):
             q = self.quantizer(z.float(), n_q=n_q)
-        audio = self.decoder(q.quantized)[..., :length]
+        audio, spec = self._synthesise(q.quantized, padded, spectra)
         return CodecOutput(
-            audio=audio,
+            audio=audio[..., :length],
             codes=q.codes,
             quantizer_loss=q.loss,
             stage_losses=q.stage_losses,
             counts=q.counts,
             n_q=q.n_q,
+            spectra=spec,
         )
 
 

@@ -188,6 +188,35 @@ def test_fine_grid_analysis_then_synthesis_is_the_identity() -> None:
     assert torch.allclose(feats.reshape(1, -1, 3 * 161)[..., :161], torch.log(windowed.abs() + 1e-5))
 
 
+@pytest.mark.parametrize("subframes, window, delay", [(1, 640, False), (4, 320, True), (4, 320, False), (2, 640, True)])
+def test_target_spectra_rebuild_the_signal_on_every_grid(subframes: int, window: int, delay: bool) -> None:
+    """What the spectrum loss aims at: synthesising target_spectra(x) returns x, except the
+    sub-blocks a frame outside the signal would complete (the last k - 1 with the delay, the
+    first k - 1 without it, k = window / sub hop)."""
+    x = speech(0.5).double()
+    istft = CausalISTFT(HOP, subframes, window, "complex", delay=delay)
+    spec = istft.target_spectra(x)
+    h = HOP // subframes
+    k = window // h
+    assert spec.shape == (1, x.shape[-1] // h, window // 2 + 1)
+    y = istft(None, spec)
+    good = slice(0, x.shape[-1] - (k - 1) * h) if delay else slice((k - 1) * h, None)
+    assert (y - x)[..., good].abs().max().item() < 1e-12
+    assert (y - x).abs().max().item() > 1e-3  # the edge really is incomplete
+
+
+def test_atan2_head_takes_the_phase_from_two_parallel_outputs() -> None:
+    """logmag_atan2: [log |S| | r | i] -> |S| e^(j atan2(i, r)); (r, i) at any positive scale
+    give the same spectrum, and the grid's outputs are 3 values per bin."""
+    istft = CausalISTFT(HOP, 4, 320, "logmag_atan2", delay=True)
+    assert istft.outputs == 4 * 3 * 161
+    torch.manual_seed(0)
+    spec = torch.complex(torch.randn(2, 8, 161, dtype=torch.float64), torch.randn(2, 8, 161, dtype=torch.float64))
+    for scale in (1.0, 0.1, 30.0):
+        head = torch.cat([spec.abs().log(), scale * spec.real, scale * spec.imag], dim=-1).reshape(2, 2, -1)
+        assert torch.allclose(istft.spectra(head), spec, rtol=1e-6, atol=1e-6)
+
+
 # two sub-frames per token with a window of four sub-hops: a token completes fewer sub-frames
 # than the synthesis holds back (3), so the stream's start is trimmed over several calls
 COARSE_DELAY = {"subframes": 2, "stft_window": 640, "head": "complex", "synthesis_delay": True}

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import data_root, speech, tiny_model
+from conftest import REPO, data_root, speech, tiny_model
 
+from codec import Codec
 from codec.cli import main
-from codec.recipe import ConfigError
+from codec.recipe import ConfigError, deep_merge, load_recipe
 from codec.train.checkpoint import STATE_FILE, latest_checkpoint, remove_partial
 from codec.train.config import load_training_recipe, parse_overrides
 from codec.train.data import (
@@ -154,6 +155,40 @@ def test_si_sdr_loss_is_scale_invariant_and_prefers_the_clean_signal() -> None:
     total, parts = both(noisy, x)
     assert set(parts) == {"complex", "sisdr"}
     assert float(total) == pytest.approx(float(parts["complex"] + 0.5 * parts["sisdr"]), rel=1e-5)
+
+
+def test_spectrum_term_compares_the_decoders_own_spectra_with_those_that_rebuild_the_target() -> None:
+    """Codec.forward(spectra=True) hands the synthesis spectra and their exact targets to the
+    loss: the term is zero when the head outputs the target's spectra, grows with a polarity
+    flip (magnitudes equal), reaches the decoder's parameters, and is left out (not reported)
+    when no spectra are passed, as in validation through a bitstream."""
+    torch.manual_seed(0)
+    recipe = deep_merge(load_recipe(REPO / "recipes" / "tiny_convnext.yaml"),
+                        {"model": {"subframes": 4, "stft_window": 320, "head": "complex", "synthesis_delay": True}})
+    codec = Codec.from_config(recipe).train()
+    x = speech(0.5)
+    out = codec(x, quantize=False, spectra=True)
+    spec, target = out.spectra
+    assert spec.shape == target.shape == (1, 4 * x.shape[-1] // 320, 161) and not target.requires_grad
+    loss = CodecLoss(16000, LossConfig(stft=0.0, mel=0.0, spectrum=2.0, quantizer=0.0))
+    assert loss.wants_spectra and loss.reported(False) == ["spectrum"] and loss.reported(False, False) == []
+    assert float(loss(x, x, None, (target, target))[0]) < 1e-12
+    flipped = float(loss(x, x, None, (-target, target))[1]["spectrum"])
+    assert flipped == pytest.approx(4 * float(loss.complex.compressed(target).abs().square().mean()), rel=1e-4)
+    total, parts = loss(out.audio, x, None, out.spectra)
+    assert float(total) == pytest.approx(2 * float(parts["spectrum"])) and float(total) > 0
+    total.backward()
+    assert float(codec.decoder.head.weight.grad.abs().sum()) > 0
+    assert float(codec.encoder.inp.weight.grad.abs().sum()) > 0
+    assert loss(out.audio, x)[1] == {}  # no spectra: no term
+    assert Codec.from_config(recipe)(x, spectra=False).spectra is None
+
+
+def test_spectrum_term_needs_a_decoder_with_spectra(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"extends: {REPO / 'recipes' / 'tiny.yaml'}\ntrain: {{loss: {{spectrum: 1.0}}}}\n")
+    with pytest.raises(ConfigError, match="spectrum needs a decoder"):
+        load_training_recipe(recipe)
 
 
 def test_lr_warmup_then_cosine() -> None:

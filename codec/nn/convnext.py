@@ -65,7 +65,7 @@ class ConvNeXtConfig:
     strides: list = field(default_factory=lambda: [2, 4, 5, 8])
     subframes: int = 1  # STFT frames per token (analysis and synthesis), at a sub-hop of hop / subframes
     stft_window: int = 0  # STFT window in samples; 0: two sub-hops (50% overlap)
-    head: str = "logmag_phase"  # synthesis head: logmag_phase (log-magnitude, radians) or complex (real, imag)
+    head: str = "logmag_phase"  # synthesis head (codec.nn.stft.HEADS): logmag_phase, complex or logmag_atan2
     synthesis_delay: bool = False  # sub-frames end at their sub-block (+ window - sub hop latency)
 
     #: Fields added after config.json files existed: written only when not at their defaults,
@@ -124,5 +124,15 @@ class ConvNeXtDecoder(nn.Module):
         self.head = nn.Linear(width, self.istft.outputs)
 
     def forward(self, z: Tensor) -> Tensor:
+        return self.istft(self.head_outputs(z))
+
+    def head_outputs(self, z: Tensor) -> Tensor:
+        """Latents [B, latent_dim, F] -> the head's outputs [B, F, istft.outputs]."""
         h = self.blocks(self.inp(z)).transpose(1, 2)
-        return self.istft(linear(self.head, layer_norm(self.norm, h)))
+        return linear(self.head, layer_norm(self.norm, h))
+
+    def forward_with_spectra(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Latents [B, latent_dim, F] -> (waveform [B, 1, F hop], the synthesised sub-frames'
+        spectra complex [B, F subframes, bins]), for losses on the spectra themselves."""
+        spec = self.istft.spectra(self.head_outputs(z))
+        return self.istft(None, spec), spec

@@ -106,8 +106,11 @@ class CausalSTFT(_TokenGrid):
         return feats.reshape(feats.shape[0], -1, self.features)
 
 
-#: Synthesis heads: how a sub-frame's 2 bins outputs become a spectrum.
-HEADS = ("logmag_phase", "complex")
+#: Synthesis heads -> values per bin of each sub-frame the head predicts, and how they become a
+#: spectrum: logmag_phase [log-magnitude | phase in radians]; complex [real | imaginary];
+#: logmag_atan2 [log-magnitude | r | i], the phase being the angle of (r, i) (APCodec's
+#: parallel phase estimation: no wrapped quantity to regress).
+HEADS = {"logmag_phase": 2, "complex": 2, "logmag_atan2": 3}
 
 
 class CausalISTFT(_TokenGrid):
@@ -132,8 +135,39 @@ class CausalISTFT(_TokenGrid):
 
     @property
     def outputs(self) -> int:
-        """Values per token frame the head predicts: subframes x 2 bins."""
-        return self.subframes * 2 * self.bins
+        """Values per token frame the head predicts: subframes x HEADS[head] x bins."""
+        return self.subframes * HEADS[self.head] * self.bins
+
+    @property
+    def frame_delay(self) -> int:
+        """Sub-blocks a sub-frame reaches back: sub-frame u covers sub-blocks u - d .. u - d + k - 1
+        (k = window / sub hop), d = k - 1 with ``delay``, else 0."""
+        return self.window // self.sub_hop - 1 if self.delay else 0
+
+    def spectra(self, x: Tensor) -> Tensor:
+        """Head outputs float [B, F, outputs] -> the sub-frames' spectra, complex [B, F subframes, bins]."""
+        per_bin = HEADS[self.head]
+        x = x.reshape(x.shape[0], -1, per_bin * self.bins)
+        if self.head == "logmag_phase":
+            first, second = x.chunk(2, dim=-1)
+            mag = torch.exp(first.clamp(max=LOG_MAGNITUDE_MAX))
+            return torch.complex(mag * torch.cos(second), mag * torch.sin(second))
+        if self.head == "complex":
+            first, second = x.chunk(2, dim=-1)
+            return torch.complex(first, second)
+        logmag, re, im = x.chunk(3, dim=-1)
+        scale = torch.exp(logmag.clamp(max=LOG_MAGNITUDE_MAX)) * torch.rsqrt(re.square() + im.square() + _EPS**2)
+        return torch.complex(re * scale, im * scale)
+
+    def target_spectra(self, wav: Tensor) -> Tensor:
+        """Audio float [B, 1, T] (T a multiple of hop) -> complex [B, T / sub hop, bins]: the
+        spectra this synthesis turns back into ``wav`` exactly (sub-frame by sub-frame, each
+        where this grid places it; samples outside the signal count as zero): the FFT of the
+        plain frame divided by the windows' overlap sum (k / 2 for Hann at k sub-hops per
+        window). What a loss on the head's own spectra compares with."""
+        h, k, d = self.sub_hop, self.window // self.sub_hop, self.frame_delay
+        x = torch.nn.functional.pad(wav[:, 0], (d * h, (k - 1 - d) * h))
+        return torch.fft.rfft(x.unfold(-1, self.window, h), dim=-1) * (2.0 / k)
 
     @property
     def lookahead(self) -> int:
@@ -142,18 +176,18 @@ class CausalISTFT(_TokenGrid):
 
     def _frames(self, x: Tensor) -> Tensor:
         """[B, F, outputs] -> windowed sub-frames [B, F subframes, window]."""
-        x = x.reshape(x.shape[0], -1, 2 * self.bins)
-        first, second = x.chunk(2, dim=-1)
-        if self.head == "logmag_phase":
-            mag = torch.exp(first.clamp(max=LOG_MAGNITUDE_MAX))
-            spec = torch.complex(mag * torch.cos(second), mag * torch.sin(second))
-        else:
-            spec = torch.complex(first, second)
-        return torch.fft.irfft(spec, n=self.window, dim=-1) * _window(self.window, x)
+        return self.synthesis_frames(self.spectra(x))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def synthesis_frames(self, spec: Tensor) -> Tensor:
+        """Spectra complex [B, U, bins] -> windowed sub-frames float [B, U, window]."""
+        frames = torch.fft.irfft(spec, n=self.window, dim=-1)
+        return frames * _window(self.window, frames)
+
+    def forward(self, x: Tensor, spectra: Tensor | None = None) -> Tensor:
+        """Head outputs [B, F, outputs] -> audio [B, 1, F hop] (``spectra``: the sub-frames'
+        spectra when the caller has them already, ``self.spectra(x)``)."""
         h = self.sub_hop
-        frames = self._frames(x)  # [B, U, window]
+        frames = self._frames(x) if spectra is None else self.synthesis_frames(spectra)  # [B, U, window]
         b, u, _ = frames.shape
         k = self.window // h  # sub-blocks a frame spans
         if k == 2 and not self.delay:

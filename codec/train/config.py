@@ -147,6 +147,9 @@ def load_training_recipe(path: str | Path, overrides: list[str] | None = None) -
         train_cfg.validate()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"recipe {path}: {exc}") from None
+    if train_cfg.loss.spectrum and model_cfg.architecture != "convnext":
+        raise ConfigError(f"recipe {path}: train.loss.spectrum needs a decoder that synthesises from spectra "
+                          f"(architecture convnext), not {model_cfg.architecture}")
     if train_cfg.out_dir is None:
         train_cfg.out_dir = str(Path("exp") / path.stem)
     return recipe, model_cfg, train_cfg

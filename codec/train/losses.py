@@ -79,13 +79,17 @@ class CompressedComplexLoss(nn.Module):
         mag2 = spec.real.square() + spec.imag.square() + 1e-8
         return spec * mag2.pow(0.5 * (self.power - 1.0))
 
+    def between(self, pred: Tensor, target: Tensor) -> Tensor:
+        """The loss between two complex spectra of one shape (compressed here) -> scalar."""
+        p, t = self.compressed(pred), self.compressed(target)
+        return (p - t).abs().square().mean() + (p.abs() - t.abs()).square().mean()
+
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         x = torch.cat([pred, target]).squeeze(1).float()  # one STFT for both: [2B, T]
         total = x.new_zeros(())
         for i, (n, hop) in enumerate(self.resolutions):
             spec = torch.stft(x, n_fft=n, hop_length=hop, window=getattr(self, f"win{i}"), return_complex=True)
-            p, t = self.compressed(spec).chunk(2)
-            total = total + (p - t).abs().square().mean() + (p.abs() - t.abs()).square().mean()
+            total = total + self.between(*spec.chunk(2))
         return total / len(self.resolutions)
 
 
@@ -100,8 +104,10 @@ def si_sdr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 #: The named terms of the training loss, in the order logs list them. "quantizer" is the
-#: stack's own auxiliary loss (commitment, codebook), the others compare audio.
-TERM_NAMES = ("stft", "mel", "l1", "complex", "sisdr", "quantizer")
+#: stack's own auxiliary loss (commitment, codebook); "spectrum" compares the decoder's own
+#: synthesis spectra with those that rebuild the target (STFT-head decoders); the others
+#: compare audio.
+TERM_NAMES = ("stft", "mel", "l1", "complex", "spectrum", "sisdr", "quantizer")
 
 
 @dataclass
@@ -113,6 +119,7 @@ class LossConfig:
     mel: float = 1.0  # multi-scale log-mel L1
     l1: float = 0.0  # waveform L1
     complex: float = 0.0  # power-law compressed complex spectrum (CompressedComplexLoss)
+    spectrum: float = 0.0  # the same distance on the synthesis spectra themselves (per sub-frame and bin)
     sisdr: float = 0.0  # negative SI-SDR in dB
     quantizer: float = 1.0  # the quantizer stack's auxiliary losses
     mel_windows: list = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])  # samples
@@ -141,10 +148,11 @@ class LossConfig:
 class CodecLoss(nn.Module):
     """The training objective: sum over terms of weight x term, from one dict of weights.
 
-    forward(pred, target, quantizer_loss=None): audio float [B, 1, T] each and the stack's
-    auxiliary loss (a scalar; None where there is none, as in validation through encode and
-    decode) -> (total scalar, {term: unweighted scalar}: the audio terms with a non-zero
-    weight, and "quantizer" whenever it is given, even at weight 0, so that logs show it). The
+    forward(pred, target, quantizer_loss=None, spectra=None): audio float [B, 1, T] each, the
+    stack's auxiliary loss (a scalar; None where there is none, as in validation through encode
+    and decode) and CodecOutput.spectra (the "spectrum" term's input; None leaves it out) ->
+    (total scalar, {term: unweighted scalar}: the terms with a non-zero weight and their input,
+    and "quantizer" whenever it is given, even at weight 0, so that logs show it). The
     training loop, validation and the benchmark all call it this way.
     """
 
@@ -156,13 +164,22 @@ class CodecLoss(nn.Module):
         self.mel = MultiScaleMelLoss(sample_rate, cfg.mel_windows, cfg.n_mels)
         self.complex = CompressedComplexLoss(cfg.complex_resolutions, cfg.complex_power)
 
-    def reported(self, with_quantizer: bool = True) -> list[str]:
-        """The terms ``forward`` returns, in TERM_NAMES order (``with_quantizer``: a quantizer
-        loss is passed)."""
-        return [n for n in TERM_NAMES if (n == "quantizer" and with_quantizer) or (n != "quantizer" and self.weights[n])]
+    @property
+    def wants_spectra(self) -> bool:
+        """Whether the spectrum term is on (callers then pass ``spectra``)."""
+        return bool(self.weights["spectrum"])
 
-    def forward(self, pred: Tensor, target: Tensor,
-                quantizer_loss: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def reported(self, with_quantizer: bool = True, with_spectra: bool = True) -> list[str]:
+        """The terms ``forward`` returns, in TERM_NAMES order (``with_quantizer``: a quantizer
+        loss is passed; ``with_spectra``: the synthesis spectra are)."""
+        def on(n: str) -> bool:
+            if n == "quantizer":
+                return with_quantizer
+            return bool(self.weights[n]) and (n != "spectrum" or with_spectra)
+        return [n for n in TERM_NAMES if on(n)]
+
+    def forward(self, pred: Tensor, target: Tensor, quantizer_loss: Tensor | None = None,
+                spectra: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         pred, target = pred.float(), target.float()
         with torch.autocast(pred.device.type, enabled=False):
             parts: dict[str, Tensor] = {}
@@ -174,6 +191,8 @@ class CodecLoss(nn.Module):
                 parts["l1"] = (pred - target).abs().mean()
             if self.weights["complex"]:
                 parts["complex"] = self.complex(pred, target)
+            if self.weights["spectrum"] and spectra is not None:
+                parts["spectrum"] = self.complex.between(spectra[0].to(torch.complex64), spectra[1].to(torch.complex64))
             if self.weights["sisdr"]:
                 parts["sisdr"] = si_sdr_loss(pred, target)
             if quantizer_loss is not None:

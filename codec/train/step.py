@@ -15,15 +15,17 @@ from codec.train.losses import CodecLoss
 class TrainStep(nn.Module):
     """What DDP wraps: the codec's training forward (its quantizer always runs in fp32, see
     Codec.forward). forward: audio float [B, 1, T] -> (reconstruction float [B, 1, T],
-    quantizer loss scalar)."""
+    quantizer loss scalar, CodecOutput.spectra: the synthesis spectra and their targets when
+    ``spectra`` and the decoder has them, else None)."""
 
     def __init__(self, codec: Codec) -> None:
         super().__init__()
         self.codec = codec
 
-    def forward(self, wav: Tensor, quantize: bool = True) -> tuple[Tensor, Tensor]:
-        out = self.codec(wav, quantize=quantize)
-        return out.audio.float(), out.quantizer_loss.float()
+    def forward(self, wav: Tensor, quantize: bool = True,
+                spectra: bool = False) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        out = self.codec(wav, quantize=quantize, spectra=spectra)
+        return out.audio.float(), out.quantizer_loss.float(), out.spectra
 
 
 def train_step(module: nn.Module, loss_fn: CodecLoss, optimizer: torch.optim.Optimizer,
@@ -49,8 +51,8 @@ def train_step(module: nn.Module, loss_fn: CodecLoss, optimizer: torch.optim.Opt
             torch.manual_seed(seeds[i])
         last = i == accum - 1
         with accelerator.no_sync(module) if accelerator is not None and not last else contextlib.nullcontext():
-            pred, q_loss = module(wav, quantize)
-            loss, parts = loss_fn(pred, wav, q_loss)
+            pred, q_loss, spectra = module(wav, quantize, loss_fn.wants_spectra)
+            loss, parts = loss_fn(pred, wav, q_loss, spectra)
             backward(loss / accum)
         for name, value in {"loss": loss, **parts}.items():
             totals[name] = totals[name] + value.detach().float() if name in totals else value.detach().float()

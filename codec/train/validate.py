@@ -55,7 +55,8 @@ def validate(accelerator: Accelerator, codec: Codec, loss_fn: CodecLoss,
     codec.eval()
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
-    names = ["loss", *loss_fn.reported(with_quantizer=False)]
+    # the spectrum term needs the decoder's own spectra: only the unquantized pass has them
+    names = ["loss", *loss_fn.reported(with_quantizer=False, with_spectra=not quantized)]
     sums = torch.zeros(len(names) + 2, dtype=torch.float64, device=device)  # + pesq sum, pesq count
     counts = [torch.zeros(k, dtype=torch.float64, device=device) for k in codec.codebook_sizes]
     for j in range(rank, len(valid), world):
@@ -63,11 +64,12 @@ def validate(accelerator: Accelerator, codec: Codec, loss_fn: CodecLoss,
         wav = wav.to(device)
         if quantized:
             codes = codec.encode(wav)  # [1, N, F]
-            audio = codec.decode(codes)[..., : wav.shape[-1]]
+            audio, spectra = codec.decode(codes)[..., : wav.shape[-1]], None
         else:
             codes = torch.zeros(1, 0, 0, dtype=torch.long, device=device)
-            audio = codec(wav, quantize=False).audio
-        total, parts = loss_fn(audio, wav)
+            out = codec(wav, quantize=False, spectra=loss_fn.wants_spectra)
+            audio, spectra = out.audio, out.spectra
+        total, parts = loss_fn(audio, wav, None, spectra)
         values = {"loss": total, **parts}
         for i, n in enumerate(names):
             sums[i] += float(values[n])
