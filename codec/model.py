@@ -275,6 +275,7 @@ class Codec(nn.Module):
         if self._stream_samples is None:
             raise RuntimeError("flush_decoder() is only meaningful inside model.streaming()")
         istft = getattr(self.decoder, "istft", None)
+        self.stream_runner.to_layers("decoder")  # the held-back partial sums may sit in the engine
         tail = istft.flush() if istft is not None else None
         if tail is None:
             tail = torch.zeros(self._stream_batch, 1, 0, device=next(self.parameters()).device)

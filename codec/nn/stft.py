@@ -247,6 +247,16 @@ class CausalISTFT(_TokenGrid):
             return None
         return buf[:, : self.lookahead // self.sub_hop].reshape(buf.shape[0], 1, -1)
 
+    @property
+    def skip(self) -> int | None:
+        """Streaming: sub-blocks still to drop at the stream's start (a synthesis delay's, before
+        sample 0), or None before the first frame (then frame_delay will be)."""
+        return self.__dict__.get("_skip")
+
+    @skip.setter
+    def skip(self, value: int | None) -> None:
+        self.__dict__["_skip"] = value
+
     def load_stream_state(self, state: Tensor | None) -> None:
         super().load_stream_state(state)
         if state is None:

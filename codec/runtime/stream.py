@@ -50,6 +50,13 @@ class StreamRunner:
             engine.reset()
         self._paths.pop(part, None)
 
+    def to_layers(self, part: str) -> None:
+        """Hand ``part``'s stream state to the PyTorch layers if the engine holds it (before a
+        layer reads it directly, as ``Codec.flush_decoder`` does)."""
+        if self._paths.get(part) == ENGINE:
+            self._engines[part].store_state(getattr(self._codec, part))
+            self._paths[part] = LAYERS
+
     def engine(self, part: str) -> FrameEngine | None:
         """The current stream's engine for ``part`` (None: the engine does not apply, or the
         part has not streamed yet)."""

@@ -44,7 +44,8 @@ class _Block(ctypes.Structure):
 
 class _Net(ctypes.Structure):
     _fields_ = [("hop", c_int32), ("width", c_int32), ("latent", c_int32), ("n_blocks", c_int32),
-                ("kernel", c_int32), ("n_stages", c_int32),
+                ("kernel", c_int32), ("n_stages", c_int32), ("sub_hop", c_int32), ("n_fft", c_int32),
+                ("head", c_int32), ("pad3_", c_int32),
                 ("ln_eps", c_float), ("pad2_", c_float),
                 ("inp", _Linear), ("blocks", POINTER(_Block)), ("ln_w", c_void_p), ("ln_b", c_void_p),
                 ("out", _Linear), ("window", c_void_p), ("twiddle", c_void_p), ("samples", c_void_p),
@@ -69,12 +70,10 @@ def unsupported(net: nn.Module, quantizer: ResidualQuantizer, part: str) -> str 
     if not isinstance(net, (ConvNeXtEncoder, ConvNeXtDecoder)):
         return "not the ConvNeXt architecture"
     io = net.stft if part == "encoder" else net.istft
-    if io.subframes != 1 or io.window != 2 * io.hop or getattr(io, "head", "logmag_phase") != "logmag_phase" \
-            or getattr(io, "delay", False):
-        return "an STFT grid or synthesis head other than one 2-hop frame per token (log-magnitude, phase)"
-    hop = io.hop
-    if max(_prime_factors(2 * hop)) > 31:
-        return f"the FFT of {2 * hop} points has a prime factor above 31"
+    if part == "decoder" and io.head not in HEAD_CODES:
+        return f"the synthesis head {io.head!r}"
+    if max(_prime_factors(io.window)) > 31:
+        return f"the FFT of {io.window} points has a prime factor above 31"
     norms = [b.norm for b in net.blocks] + [net.norm]
     if len({n.eps for n in norms}) != 1 or any(n.weight is None for n in norms):
         return "LayerNorms with different eps or without affine weights"
@@ -91,6 +90,10 @@ def unsupported(net: nn.Module, quantizer: ResidualQuantizer, part: str) -> str 
         if stage.projected or stage.quantizer.cosine_search:
             return "a projected or cosine-searched quantizer stage"
     return None
+
+
+#: Synthesis heads (codec.nn.stft.HEADS) -> the ``head`` code frame_engine.c reads.
+HEAD_CODES = {"logmag_phase": 0, "complex": 1, "logmag_atan2": 2}
 
 
 def _prime_factors(n: int) -> list[int]:
@@ -114,14 +117,22 @@ class FrameEngine:
         self._keep: list = []  # every tensor and ctypes array the C side points into
         self._int8 = bool(int8)
         self.part = part
-        self.hop = net.stft.hop if part == "encoder" else net.istft.hop
+        self._io = net.stft if part == "encoder" else net.istft
+        self.hop = self._io.hop
         self._state: list[Tensor] = []  # every history buffer below, zeroed by reset()
         self._hist: list[Tensor] = []  # per block: the last kernel - 1 inputs [kernel - 1, width], a ring
-        #: encoder: the previous hop samples; decoder: the last frame's synthesis tail [hop]
-        self._samples = self._zeros(self.hop)
+        #: encoder: the last window - sub hop samples; decoder: the partial sums of the
+        #: window - sub hop samples later sub-frames still add to
+        self._samples = self._zeros(self._io.window - self._io.sub_hop)
         self._lat = self._zeros(2, quantizer.latent_dim)  # decoder: the previous two latents
         self._net = self._build(net, quantizer)
         self._pending = torch.zeros(0)
+        #: decoder: output samples still to drop at the stream's start (a synthesis delay's
+        #: sub-blocks before sample 0), as CausalISTFT's skip counter
+        self._skip = self._start_skip()
+
+    def _start_skip(self) -> int:
+        return self._io.frame_delay * self._io.sub_hop if self.part == "decoder" else 0
 
     def reset(self) -> None:
         """Start a new stream: every history buffer back to zero, no pending samples (the
@@ -131,6 +142,7 @@ class FrameEngine:
         for i in range(self._net.n_blocks):
             self._net.blocks[i].pos = 0
         self._pending = torch.zeros(0)
+        self._skip = self._start_skip()
 
     # ----- handing the stream over to / from the PyTorch layers --------------------------------
     def _layers(self, net: nn.Module) -> tuple[list, object, object]:
@@ -152,10 +164,14 @@ class FrameEngine:
         buf = io.stream_state()
         if buf is not None:
             flat = buf.reshape(-1).float()
-            self._samples.copy_(flat[: self.hop])
-            self._pending = flat[self.hop :].clone()  # encoder: the samples of the next frame so far
-        if inp is not None and inp.stream_state() is not None:
-            self._lat.copy_(inp.stream_state()[0].t())
+            n = self._samples.numel()
+            self._samples.copy_(flat[:n])
+            self._pending = flat[n:].clone()  # encoder: the samples of the next frame so far
+        if inp is not None:
+            if inp.stream_state() is not None:
+                self._lat.copy_(inp.stream_state()[0].t())
+            skip = io.skip
+            self._skip = self._start_skip() if skip is None else skip * io.sub_hop
 
     def store_state(self, net: nn.Module) -> None:
         """Hand the stream to the PyTorch layers of ``net``: load the engine's state into
@@ -166,7 +182,8 @@ class FrameEngine:
         if self.part == "encoder":
             io.load_stream_state(torch.cat([self._samples, self._pending])[None])
         else:
-            io.load_stream_state(self._samples.clone().view(1, 1, -1))
+            io.load_stream_state(self._samples.clone().view(1, -1, io.sub_hop))
+            io.skip = self._skip // io.sub_hop
             inp.load_stream_state(self._lat.t()[None].contiguous())
 
     @staticmethod
@@ -240,15 +257,19 @@ class FrameEngine:
         tables = [s.tables() for s in stages]  # (search codebook [K, d], latent-space table [K, D])
         kmax = max(t[0].shape[0] for t in tables)
         latent = quantizer.latent_dim
-        n = 2 * h
+        io = self._io
+        n = io.window
         k = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
         twiddle = torch.stack([torch.cos(k), -torch.sin(k)], dim=1).float()
-        bins = h + 1
+        per_token = io.subframes * 3 * io.bins  # the most values a token's features or head outputs take
         # Every buffer frame_engine.c carves out of the scratch, for a group of G frames (a superset).
         g = self._lib.codec_group_frames()
-        scratch = g * (8 * bins + 5 * width + 2 * mlp * width + 7 * latent + 2 * kmax) + 3 * kmax + 4 * n + 4096
+        scratch = (g * (3 * per_token + 5 * width + 2 * mlp * width + 7 * latent + 2 * kmax) + 3 * kmax + 4 * n
+                   + 2 * (n + h) + 4096)
         netc = _Net(hop=h, width=width, latent=latent, n_blocks=len(cb), kernel=kernel,
-                    n_stages=len(stages), ln_eps=float(net.norm.eps), blocks=block_array,
+                    n_stages=len(stages), sub_hop=io.sub_hop, n_fft=n,
+                    head=HEAD_CODES[io.head] if self.part == "decoder" else 0,
+                    ln_eps=float(net.norm.eps), blocks=block_array,
                     ln_w=self._f32(net.norm.weight), ln_b=self._f32(net.norm.bias),
                     window=self._f32(torch.hann_window(n, periodic=True)), twiddle=self._ptr(twiddle),
                     samples=self._samples.data_ptr(), lat_hist=self._lat.data_ptr(),
@@ -304,7 +325,8 @@ class FrameEngine:
         return codes
 
     def decode(self, codes: Tensor) -> Tensor:
-        """The next frames' codes, int64 [1, n, F] -> audio float [1, 1, F hop].
+        """The next frames' codes, int64 [1, n, F] -> audio float [1, 1, F hop] (fewer at a
+        delayed synthesis's start: the samples that are final, as CausalISTFT streams them).
         Raises IndexError (and keeps its state) when a code is outside its codebook."""
         c = codes[0].to(torch.long).contiguous()
         n, frames = c.shape
@@ -314,4 +336,8 @@ class FrameEngine:
             raise IndexError("a code is outside its stage's codebook")
         if rc != 0:
             raise RuntimeError(f"native decoder refused the codes (code {rc})")
+        if self._skip:
+            dropped = min(self._skip, out.numel())
+            out = out[dropped:]
+            self._skip -= dropped
         return out.view(1, 1, -1)

@@ -47,14 +47,18 @@ typedef struct {
 typedef struct {
     int32_t hop, width, latent, n_blocks;
     int32_t kernel, n_stages;
+    int32_t sub_hop, n_fft;        /* the STFT grid: hop / sub_hop sub-frames of n_fft samples per token */
+    int32_t head, pad3_;           /* decoder head: 0 log-magnitude + phase, 1 real + imaginary,
+                                      2 log-magnitude + (r, i) whose angle is the phase */
     float ln_eps, pad2_;
     Linear inp;                    /* encoder: features -> width; decoder: [z_{t-2} z_{t-1} z_t] -> width */
     Block *blocks;
     const float *ln_w, *ln_b;      /* the final LayerNorm */
-    Linear out;                    /* encoder: width -> latent; decoder: width -> 2 (hop + 1) */
-    const float *window;           /* periodic Hann [2 hop] */
-    const float *twiddle;          /* exp(-2 pi i k / (2 hop)), interleaved re/im [2 hop][2] */
-    float *samples;                /* state: encoder the previous hop samples, decoder the last frame's tail */
+    Linear out;                    /* encoder: width -> latent; decoder: width -> the head's outputs */
+    const float *window;           /* periodic Hann [n_fft] */
+    const float *twiddle;          /* exp(-2 pi i k / n_fft), interleaved re/im [n_fft][2] */
+    float *samples;                /* state: encoder the last n_fft - sub_hop samples; decoder the partial
+                                      sums of the n_fft - sub_hop samples later sub-frames still add to */
     float *lat_hist;               /* decoder state: the previous two latents [2][latent] */
     const int32_t *sizes;          /* [n_stages] codebook sizes */
     const Linear *prefilter;       /* encoder: per stage, int8 codewords (one scale each, mode 2) */
@@ -299,7 +303,7 @@ static void block_rows(const Net *net, Block *B, float *x, int R, float *work) {
     for (size_t i = 0; i < (size_t)R * C; i++) x[i] += y[i] * B->gamma[i % C];
 }
 
-/* ---- complex FFT of n = 2 hop points (mixed radix 4, 2, 3, 5, ...; kissfft's recursion) ---- */
+/* ---- complex FFT of n = n_fft points (mixed radix 4, 2, 3, 5, ...; kissfft's recursion) ---- */
 typedef struct { float re, im; } cpx;
 
 static void fft_work(cpx *out, const cpx *in, int fstride, const int *factors, const cpx *tw, int n_all,
@@ -344,7 +348,9 @@ static void fft(const cpx *in, cpx *out, int n, const cpx *tw, int inverse) {
 }
 
 static int check_net(const Net *net) {
-    return net->kernel >= 2 && net->hop >= 1 && net->width >= 1 && net->latent >= 1;
+    return net->kernel >= 2 && net->hop >= 1 && net->width >= 1 && net->latent >= 1 && net->sub_hop >= 1 &&
+           net->hop % net->sub_hop == 0 && net->n_fft >= 2 * net->sub_hop && net->n_fft % net->sub_hop == 0 &&
+           net->head >= 0 && net->head <= 2;
 }
 
 /* Frames per pass through the layers: weights are read once per group, not once per frame. */
@@ -420,31 +426,38 @@ int codec_search(Net *net, float *z, int R, int n_q, int64_t *codes, int exhaust
     return 0;
 }
 
-/* Encoder: n_frames x hop new samples -> codes [n_q][n_frames] (int64). Returns 0, or -1 on bad arguments. */
+/* Encoder: n_frames x hop new samples -> codes [n_q][n_frames] (int64). Each token's
+ * features are its hop / sub_hop sub-frames' [log(|X| + 1e-5) | Re X / |X| | Im X / |X|] side
+ * by side, sub-frame u being the n_fft samples that end at the token's sub-block u (CausalSTFT).
+ * Returns 0, or -1 on bad arguments. */
 int codec_encode_frames(Net *net, const float *x, int n_frames, int n_q, int64_t *codes) {
     if (!check_net(net) || n_q < 1 || n_q > net->n_stages) return -1;
-    const int h = net->hop, n = 2 * h, bins = h + 1, C = net->width, D = net->latent, F3 = 3 * bins;
-    float *feat = net->scratch, *hc = feat + (size_t)GROUP * F3, *lnb = hc + (size_t)GROUP * C;
+    const int h = net->hop, hs = net->sub_hop, S = h / hs, n = net->n_fft, ctx = n - hs, bins = n / 2 + 1;
+    const int C = net->width, D = net->latent, F3 = 3 * bins, FT = S * F3;
+    float *feat = net->scratch, *hc = feat + (size_t)GROUP * FT, *lnb = hc + (size_t)GROUP * C;
     float *z = lnb + (size_t)GROUP * C;
     cpx *buf = (cpx *)(z + (size_t)GROUP * D), *spec = buf + n;
-    float *work = (float *)(spec + n);
+    float *line = (float *)(spec + n), *work = line + ctx + h;
     for (int f0 = 0; f0 < n_frames; f0 += GROUP) {
         const int R = n_frames - f0 < GROUP ? n_frames - f0 : GROUP;
         for (int r = 0; r < R; r++) {
-            const float *cur = x + (size_t)(f0 + r) * h;
-            float *fe = feat + (size_t)r * F3;
-            for (int i = 0; i < h; i++) {
-                buf[i].re = net->samples[i] * net->window[i];
-                buf[h + i].re = cur[i] * net->window[h + i];
-                buf[i].im = buf[h + i].im = 0.0f;
-            }
-            memcpy(net->samples, cur, sizeof(float) * h);
-            fft(buf, spec, n, (const cpx *)net->twiddle, 0);
-            for (int k = 0; k < bins; k++) {
-                const float mag = hypotf(spec[k].re, spec[k].im), d = mag > 1e-5f ? mag : 1e-5f;
-                fe[k] = logf(mag + 1e-5f);
-                fe[bins + k] = spec[k].re / d;
-                fe[2 * bins + k] = spec[k].im / d;
+            memcpy(line, net->samples, sizeof(float) * ctx); /* [the last ctx samples | this token] */
+            memcpy(line + ctx, x + (size_t)(f0 + r) * h, sizeof(float) * h);
+            memcpy(net->samples, line + h, sizeof(float) * ctx);
+            for (int u = 0; u < S; u++) {
+                const float *seg = line + (size_t)u * hs;
+                float *fe = feat + (size_t)r * FT + (size_t)u * F3;
+                for (int i = 0; i < n; i++) {
+                    buf[i].re = seg[i] * net->window[i];
+                    buf[i].im = 0.0f;
+                }
+                fft(buf, spec, n, (const cpx *)net->twiddle, 0);
+                for (int k = 0; k < bins; k++) {
+                    const float mag = hypotf(spec[k].re, spec[k].im), d = mag > 1e-5f ? mag : 1e-5f;
+                    fe[k] = logf(mag + 1e-5f);
+                    fe[bins + k] = spec[k].re / d;
+                    fe[2 * bins + k] = spec[k].im / d;
+                }
             }
         }
         linear_rows(&net->inp, feat, R, hc, work);
@@ -456,7 +469,13 @@ int codec_encode_frames(Net *net, const float *x, int n_frames, int n_q, int64_t
     return 0;
 }
 
-/* Decoder: codes [n_q][n_frames] (int64) -> n_frames x hop samples. Returns 0, -1 on bad
+/* Values per bin of each sub-frame the decoder head predicts. */
+static int head_values(int head) { return head == 2 ? 3 : 2; }
+
+/* Decoder: codes [n_q][n_frames] (int64) -> n_frames x hop samples: per token, hop / sub_hop
+ * sub-frames (spectrum from the head, inverse FFT, Hann window), overlap-added at the sub-hop;
+ * each sub-frame completes one sub-block (CausalISTFT; a synthesis delay only shifts which
+ * output sample that is, which the Python side accounts for). Returns 0, -1 on bad
  * arguments, or -2 when a code is out of its codebook's range (nothing is changed then). */
 int codec_decode_frames(Net *net, const int64_t *codes, int n_q, int n_frames, float *out) {
     if (!check_net(net) || n_q < 1 || n_q > net->n_stages) return -1;
@@ -465,11 +484,13 @@ int codec_decode_frames(Net *net, const int64_t *codes, int n_q, int n_frames, f
             const int64_t c = codes[(size_t)s * n_frames + f];
             if (c < 0 || c >= net->sizes[s]) return -2;
         }
-    const int h = net->hop, n = 2 * h, bins = h + 1, C = net->width, D = net->latent;
+    const int h = net->hop, hs = net->sub_hop, S = h / hs, n = net->n_fft, kb = n / hs, bins = n / 2 + 1;
+    const int C = net->width, D = net->latent, V = head_values(net->head), FS = V * bins;
     float *zin = net->scratch, *hc = zin + (size_t)GROUP * 3 * D, *lnb = hc + (size_t)GROUP * C;
     float *so = lnb + (size_t)GROUP * C;
-    cpx *full = (cpx *)(so + (size_t)GROUP * 2 * bins), *frame = full + n;
+    cpx *full = (cpx *)(so + (size_t)GROUP * S * FS), *frame = full + n;
     float *work = (float *)(frame + n);
+    float *ola = net->samples; /* [kb - 1][hs] partial sums */
     for (int f0 = 0; f0 < n_frames; f0 += GROUP) {
         const int R = n_frames - f0 < GROUP ? n_frames - f0 : GROUP;
         for (int r = 0; r < R; r++) { /* row r: [z_{t-2} z_{t-1} z_t] for the causal kernel-3 conv */
@@ -486,25 +507,43 @@ int codec_decode_frames(Net *net, const int64_t *codes, int n_q, int n_frames, f
         for (int b = 0; b < net->n_blocks; b++) block_rows(net, &net->blocks[b], hc, R, work);
         for (int r = 0; r < R; r++) layer_norm(hc + (size_t)r * C, net->ln_w, net->ln_b, net->ln_eps, C, lnb + (size_t)r * C);
         linear_rows(&net->out, lnb, R, so, work);
-        for (int r = 0; r < R; r++) {
-            const float *sr = so + (size_t)r * 2 * bins;
-            for (int k = 0; k < bins; k++) {
-                const float lm = sr[k] < 7.0f ? sr[k] : 7.0f, mag = expf(lm), ph = sr[bins + k];
-                full[k].re = mag * cosf(ph);
-                full[k].im = mag * sinf(ph);
+        for (int r = 0; r < R; r++)
+            for (int u = 0; u < S; u++) {
+                const float *sr = so + (size_t)r * S * FS + (size_t)u * FS;
+                for (int k = 0; k < bins; k++) {
+                    if (net->head == 0) {
+                        const float lm = sr[k] < 7.0f ? sr[k] : 7.0f, mag = expf(lm), ph = sr[bins + k];
+                        full[k].re = mag * cosf(ph);
+                        full[k].im = mag * sinf(ph);
+                    } else if (net->head == 1) {
+                        full[k].re = sr[k];
+                        full[k].im = sr[bins + k];
+                    } else {
+                        const float lm = sr[k] < 7.0f ? sr[k] : 7.0f, re = sr[bins + k], im = sr[2 * bins + k];
+                        const float scale = expf(lm) / sqrtf(re * re + im * im + 1e-10f);
+                        full[k].re = re * scale;
+                        full[k].im = im * scale;
+                    }
+                }
+                full[0].im = 0.0f; /* irfft ignores the imaginary parts of DC and Nyquist */
+                full[n / 2].im = 0.0f;
+                for (int k = 1; k < n / 2; k++) {
+                    full[n - k].re = full[k].re;
+                    full[n - k].im = -full[k].im;
+                }
+                fft(full, frame, n, (const cpx *)net->twiddle, 1);
+                float *o = out + (size_t)(f0 + r) * h + (size_t)u * hs;
+                const float inv = 1.0f / (float)n;
+                for (int i = 0; i < hs; i++) o[i] = frame[i].re * inv * net->window[i] + ola[i];
+                for (int j = 1; j < kb; j++) { /* the later sub-blocks this frame reaches: partial sums */
+                    float *dst = ola + (size_t)(j - 1) * hs;
+                    const float *nxt = j + 1 < kb ? ola + (size_t)j * hs : NULL;
+                    for (int i = 0; i < hs; i++) {
+                        const float v = frame[j * hs + i].re * inv * net->window[j * hs + i];
+                        dst[i] = nxt ? v + nxt[i] : v;
+                    }
+                }
             }
-            full[0].im = 0.0f; /* irfft ignores the imaginary parts of DC and Nyquist */
-            full[h].im = 0.0f;
-            for (int k = 1; k < h; k++) {
-                full[n - k].re = full[k].re;
-                full[n - k].im = -full[k].im;
-            }
-            fft(full, frame, n, (const cpx *)net->twiddle, 1);
-            float *o = out + (size_t)(f0 + r) * h;
-            const float inv = 1.0f / (float)n;
-            for (int i = 0; i < h; i++) o[i] = frame[i].re * inv * net->window[i] + net->samples[i];
-            for (int i = 0; i < h; i++) net->samples[i] = frame[h + i].re * inv * net->window[h + i];
-        }
     }
     return 0;
 }
