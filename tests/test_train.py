@@ -76,6 +76,50 @@ def test_batches_are_a_function_of_seed_step_and_rank(train_utts) -> None:
     assert len(seen) == len(set(seen))
 
 
+def test_augmentation_adds_tones_and_gains_and_is_off_by_default(train_utts) -> None:
+    """Off (the default): the crops of before, bit for bit (augment draws nothing). On: the
+    same crops scaled within gain_db, never past 0.99, and with tone_fraction 1 every crop is
+    sines alone or sines added to its speech (the difference is a few spectral lines); a fresh
+    object repeats it all (resume)."""
+    import numpy as np
+
+    from codec.train.data import augment, fit_length, load_audio
+
+    plain = CropBatches(train_utts, 16000, 0.5, 8, seed=3)
+    x = plain[2]
+    idx = x["index"].tolist()
+    for i, j in enumerate(idx):  # the crop offset is still the generator's first draw
+        u01 = float(np.random.default_rng([3, 2, 0, i]).random())
+        want = fit_length(load_audio(train_utts[j].path, 16000, 0.5, u01), 8000)
+        assert np.array_equal(x["audio"][i, 0].numpy(), want)
+    loud = CropBatches(train_utts, 16000, 0.5, 8, seed=3, gain_db=(6.0, 12.0))[2]["audio"]
+    ratio = (loud.flatten(1).norm(dim=1) / x["audio"].flatten(1).norm(dim=1)).numpy()
+    peaks = loud.flatten(1).abs().amax(1).numpy()
+    assert all((1.99 <= r <= 3.99) or abs(p - 0.99) < 1e-6 for r, p in zip(ratio, peaks)) and peaks.max() <= 0.99 + 1e-6
+    tones = CropBatches(train_utts, 16000, 0.5, 8, seed=3, tone_fraction=1.0)
+    t = tones[2]["audio"]
+    assert torch.equal(t, CropBatches(train_utts, 16000, 0.5, 8, seed=3, tone_fraction=1.0)[2]["audio"])
+
+    def sines_share(a: torch.Tensor) -> float:
+        """The energy share of the 27 largest bins: ~1 for up to three Hann-windowed sines."""
+        spec = torch.fft.rfft(a.double() * torch.hann_window(a.shape[-1], dtype=torch.float64)).abs().square()
+        return float(spec.topk(27).values.sum() / spec.sum())
+    pure = [sines_share(t[i, 0]) > 0.99 for i in range(8)]
+    added = [sines_share(t[i, 0] - x["audio"][i, 0]) > 0.99 for i in range(8)]
+    assert all(p or a for p, a in zip(pure, added)) and 0 < sum(pure) < 8  # tones alone, or added to the speech
+    assert not any(sines_share(x["audio"][i, 0]) > 0.99 for i in range(8))
+    rng = np.random.default_rng(0)
+    speech_crop = x["audio"][0, 0].numpy()
+    assert augment(speech_crop, rng, 16000) is speech_crop and rng.random() == np.random.default_rng(0).random()
+
+
+def test_augmentation_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="gain_db"):
+        load_training_recipe(TINY, ["data.gain_db=[3, -3]"])
+    with pytest.raises(ConfigError, match="tone_fraction"):
+        load_training_recipe(TINY, ["data.tone_fraction=1.5"])
+
+
 def test_validation_speakers_are_not_training_speakers(train_utts) -> None:
     valid_utts = librispeech_utterances(data_root(), ["test-other"])
     speakers = {u.speaker for u in train_utts}

@@ -33,6 +33,8 @@ class DataConfig:
     valid_seconds: float = 4.0  # each validation utterance is cut to its first valid_seconds
     valid_utterances: int = 20  # validation set size (spread over speakers)
     num_workers: int = 2  # DataLoader worker processes per rank (0: load in the main process)
+    gain_db: list = field(default_factory=lambda: [0.0, 0.0])  # random gain per crop, uniform in [lo, hi] dB
+    tone_fraction: float = 0.0  # crops that get 1-3 sines added (half of them without the speech)
 
 
 @dataclass
@@ -75,6 +77,10 @@ class TrainConfig:
             raise ConfigError(f"train.betas must be two numbers, got {self.betas}")
         if self.data.crop_seconds <= 0 or self.data.valid_seconds <= 0:
             raise ConfigError("train.data.crop_seconds and valid_seconds must be > 0")
+        if len(self.data.gain_db) != 2 or not float(self.data.gain_db[0]) <= float(self.data.gain_db[1]):
+            raise ConfigError(f"train.data.gain_db must be [lo, hi] in dB with lo <= hi, got {self.data.gain_db}")
+        if not 0.0 <= self.data.tone_fraction <= 1.0:
+            raise ConfigError(f"train.data.tone_fraction must be in [0, 1], got {self.data.tone_fraction}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         try:

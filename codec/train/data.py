@@ -149,17 +149,48 @@ def fit_length(x: np.ndarray, length: int) -> np.ndarray:
     return x[:length] if len(x) >= length else np.pad(x, (0, length - len(x)))
 
 
+def augment(x: np.ndarray, rng: np.random.Generator, rate: int, gain_db: tuple[float, float] = (0.0, 0.0),
+            tone_fraction: float = 0.0) -> np.ndarray:
+    """One training crop float32 [T] -> the crop the codec learns from, drawn from ``rng``.
+
+    With probability ``tone_fraction``, 1-3 sines (frequencies log-uniform over 50 Hz .. 0.45
+    ``rate``, amplitudes log-uniform 0.02 .. 0.4 shared between them, random phases) are added,
+    and half of those crops drop the speech (pure tones), so a codec trained on speech alone
+    still passes tones. Then a gain uniform in ``gain_db`` (dB); a crop whose peak would pass
+    0.99 is scaled down to it instead of clipping. With the defaults it returns ``x`` unchanged
+    and draws nothing."""
+    if tone_fraction > 0 and rng.random() < tone_fraction:
+        n = int(rng.integers(1, 4))
+        t = np.arange(len(x)) / rate
+        freqs = np.exp(rng.uniform(np.log(50.0), np.log(0.45 * rate), n))
+        amps = np.exp(rng.uniform(np.log(0.02), np.log(0.4), n)) / n
+        phases = rng.uniform(0, 2 * np.pi, n)
+        tones = (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None])).sum(0)
+        x = (tones if rng.random() < 0.5 else x + tones).astype(np.float32)
+    lo, hi = gain_db
+    if hi > lo or lo != 0:
+        x = x * np.float32(10.0 ** (rng.uniform(lo, hi) / 20.0))
+        peak = float(np.abs(x).max()) if len(x) else 0.0
+        if peak > 0.99:
+            x = x * np.float32(0.99 / peak)
+    return x
+
+
 class CropBatches(Dataset):
     """Index k (a global micro-step: step * grad_accum + micro) -> this rank's batch.
 
     Position g = (k * world + rank) * batch + i walks through one seeded permutation of the
     utterances per epoch, so within an epoch no utterance is seen twice, on any rank; the crop
-    offset of item i is drawn from a generator seeded with (seed, k, rank, i).
+    offset of item i is drawn from a generator seeded with (seed, k, rank, i), and then
+    ``augment``'s choices (``gain_db``, ``tone_fraction``) from the same generator.
     Returns {"audio": float [B, 1, T] at ``rate``, "index": int64 [B] utterance indices}.
     """
 
     def __init__(self, utterances: list[Utterance], rate: int, crop_seconds: float, batch_size: int,
-                 seed: int, rank: int = 0, world: int = 1) -> None:
+                 seed: int, rank: int = 0, world: int = 1, gain_db: tuple[float, float] = (0.0, 0.0),
+                 tone_fraction: float = 0.0) -> None:
+        self.gain_db = (float(gain_db[0]), float(gain_db[1]))
+        self.tone_fraction = float(tone_fraction)
         self.utterances = utterances
         self.rate = rate
         self.crop_seconds = crop_seconds
@@ -191,8 +222,9 @@ class CropBatches(Dataset):
         audio = np.zeros((len(idx), 1, self.length), dtype=np.float32)
         for i, j in enumerate(idx):
             u = self.utterances[j]
-            u01 = float(np.random.default_rng([self.seed, k, self.rank, i]).random())
-            audio[i, 0] = fit_length(load_audio(u.path, self.rate, self.crop_seconds, u01), self.length)
+            rng = np.random.default_rng([self.seed, k, self.rank, i])
+            crop = fit_length(load_audio(u.path, self.rate, self.crop_seconds, float(rng.random())), self.length)
+            audio[i, 0] = augment(crop, rng, self.rate, self.gain_db, self.tone_fraction)
         return {"audio": torch.from_numpy(audio), "index": torch.tensor(idx, dtype=torch.long)}
 
 
