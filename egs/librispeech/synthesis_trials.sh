@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 minutes=${1:-40}
 shift || true
-recipes=("${@:-speech16k synthesis_fine}")
+recipes=("${@:-speech16k synthesis_fine synthesis_atan2}")
 for r in ${recipes[@]}; do
   out=exp/trial_$r
   codec train recipes/$r.yaml --out-dir "$out" --set max_minutes="$minutes" -q
