@@ -17,6 +17,7 @@ from torch.nn.utils import parametrize
 
 from codec.config import ARCHITECTURES, ModelConfig
 from codec.nn.frame_linear import set_int8
+from codec.nn.stft import SynthesisSpectra
 from codec.nn.streaming import set_streaming
 from codec.quant.residual import ResidualQuantizer
 from codec.recipe import ConfigError, load_recipe
@@ -34,8 +35,9 @@ class CodecOutput:
     (n = all stages in training, the requested n_q in eval);
     quantizer_loss: scalar, the sum of the stages' auxiliary losses; stage_losses: [n];
     counts: per stage [K_i] code counts over active positions; n_q: [B] stages per item;
-    spectra: when asked for and the decoder synthesises from spectra, (its sub-frames' spectra,
-    the spectra that would rebuild the input exactly), complex [B, U, bins] each.
+    spectra: when asked for and the decoder synthesises from spectra, a
+    ``codec.nn.stft.SynthesisSpectra`` (its sub-frames' spectra, the spectra that would
+    rebuild the input exactly, the synthesised audio before trimming).
     """
 
     audio: Tensor
@@ -44,7 +46,7 @@ class CodecOutput:
     stage_losses: Tensor
     counts: list[Tensor]
     n_q: Tensor
-    spectra: tuple[Tensor, Tensor] | None = None
+    spectra: SynthesisSpectra | None = None
 
 
 def build_encoder_decoder(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
@@ -339,14 +341,14 @@ class Codec(nn.Module):
             self.stream_runner.stop()
 
     # ----- training ---------------------------------------------------------------------
-    def _synthesise(self, latents: Tensor, padded: Tensor, spectra: bool) -> tuple[Tensor, tuple | None]:
-        """Decoder pass for ``forward``: (audio [B, 1, F hop], the CodecOutput.spectra pair or None)."""
+    def _synthesise(self, latents: Tensor, padded: Tensor, spectra: bool) -> tuple[Tensor, SynthesisSpectra | None]:
+        """Decoder pass for ``forward``: (audio [B, 1, F hop], CodecOutput.spectra or None)."""
         if not spectra or not hasattr(self.decoder, "forward_with_spectra"):
             return self.decoder(latents), None
         audio, spec = self.decoder.forward_with_spectra(latents)
         with torch.no_grad():
             target = self.decoder.istft.target_spectra(padded.float())
-        return audio, (spec, target)
+        return audio, SynthesisSpectra(spec, target, audio, self.decoder.istft)
 
     def forward(self, wav: Tensor, n_q: int | None = None, quantize: bool = True,
                 spectra: bool = False) -> CodecOutput:

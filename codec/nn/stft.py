@@ -14,6 +14,8 @@ carries into the next one, the same structure as a causally trimmed transposed c
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -265,3 +267,24 @@ class CausalISTFT(_TokenGrid):
     def reset_stream(self, streaming: bool) -> None:
         super().reset_stream(streaming)
         self.__dict__["_skip"] = None
+
+
+@dataclass
+class SynthesisSpectra:
+    """What losses on a decoder's own spectra read (``Codec.forward(spectra=True)``).
+
+    predicted: the synthesised sub-frames' spectra, complex [B, U, bins] (with gradients);
+    target: the spectra that rebuild the input exactly (``CausalISTFT.target_spectra``, no
+    gradients); audio: the synthesised waveform [B, 1, U sub hop] (with gradients); grid: the
+    synthesis, for ``reanalysed``."""
+
+    predicted: Tensor
+    target: Tensor
+    audio: Tensor
+    grid: CausalISTFT
+
+    def reanalysed(self) -> Tensor:
+        """The synthesised waveform's own spectra on the grid, complex [B, U, bins] (with
+        gradients): equal to ``predicted`` exactly when the predicted spectra are consistent
+        (some waveform has them), which an STFT-consistency loss asks for."""
+        return self.grid.target_spectra(self.audio)

@@ -13,7 +13,7 @@ import yaml
 
 from codec.config import ModelConfig
 from codec.recipe import ConfigError, build_dataclass, deep_merge, load_recipe
-from codec.train.losses import LossConfig
+from codec.train.losses import SPECTRA_TERMS, LossConfig
 
 REPO = Path(__file__).resolve().parents[2]
 #: Where the shared LibriSpeech copy lives when neither the recipe nor the environment says.
@@ -153,8 +153,9 @@ def load_training_recipe(path: str | Path, overrides: list[str] | None = None) -
         train_cfg.validate()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"recipe {path}: {exc}") from None
-    if train_cfg.loss.spectrum and model_cfg.architecture != "convnext":
-        raise ConfigError(f"recipe {path}: train.loss.spectrum needs a decoder that synthesises from spectra "
+    on = [n for n in SPECTRA_TERMS if getattr(train_cfg.loss, n)]
+    if on and model_cfg.architecture != "convnext":
+        raise ConfigError(f"recipe {path}: train.loss.{on[0]} needs a decoder that synthesises from spectra "
                           f"(architecture convnext), not {model_cfg.architecture}")
     if train_cfg.out_dir is None:
         train_cfg.out_dir = str(Path("exp") / path.stem)

@@ -8,6 +8,7 @@ autocast context, because bf16 log-spectra are too coarse to train on.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ import auraloss
 import librosa
 import torch
 from torch import Tensor, nn
+
+from codec.nn.stft import SynthesisSpectra
 
 
 def multi_resolution_stft(sample_rate: int = 16000) -> nn.Module:
@@ -93,6 +96,25 @@ class CompressedComplexLoss(nn.Module):
         return total / len(self.resolutions)
 
 
+def anti_wrapped(x: Tensor) -> Tensor:
+    """|x - 2 pi round(x / 2 pi)|: a phase difference's distance from the nearest whole turn,
+    in [0, pi] (APNet's anti-wrapping function)."""
+    return (x - 2 * math.pi * torch.round(x / (2 * math.pi))).abs()
+
+
+def phase_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """APNet / APCodec's anti-wrapping phase losses between two complex spectra [B, U, bins]
+    (U frames in time): the instantaneous phase, the group delay (its difference along
+    frequency) and the instantaneous frequency (along time), each the mean anti-wrapped
+    difference, summed -> scalar (0 when the phases agree up to whole turns)."""
+    p = torch.atan2(pred.imag, pred.real)
+    t = torch.atan2(target.imag, target.real)
+    ip = anti_wrapped(p - t).mean()
+    gd = anti_wrapped(p.diff(dim=-1) - t.diff(dim=-1)).mean()
+    iaf = anti_wrapped(p.diff(dim=-2) - t.diff(dim=-2)).mean()
+    return ip + gd + iaf
+
+
 def si_sdr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     """Negative scale-invariant SDR in dB, averaged over the batch: pred, target float
     [B, 1, T] -> scalar (lower is better; invariant to the scale of ``pred``)."""
@@ -104,10 +126,12 @@ def si_sdr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 #: The named terms of the training loss, in the order logs list them. "quantizer" is the
-#: stack's own auxiliary loss (commitment, codebook); "spectrum" compares the decoder's own
-#: synthesis spectra with those that rebuild the target (STFT-head decoders); the others
-#: compare audio.
-TERM_NAMES = ("stft", "mel", "l1", "complex", "spectrum", "sisdr", "quantizer")
+#: stack's own auxiliary loss (commitment, codebook); "spectrum" and "phase" compare the
+#: decoder's own synthesis spectra with those that rebuild the target, "consistency" with
+#: the synthesised waveform's re-analysis (STFT-head decoders); the others compare audio.
+TERM_NAMES = ("stft", "mel", "l1", "complex", "spectrum", "phase", "consistency", "sisdr", "quantizer")
+#: The terms that read the decoder's own synthesis spectra (CodecOutput.spectra).
+SPECTRA_TERMS = ("spectrum", "phase", "consistency")
 
 
 @dataclass
@@ -120,6 +144,8 @@ class LossConfig:
     l1: float = 0.0  # waveform L1
     complex: float = 0.0  # power-law compressed complex spectrum (CompressedComplexLoss)
     spectrum: float = 0.0  # the same distance on the synthesis spectra themselves (per sub-frame and bin)
+    phase: float = 0.0  # anti-wrapping phase losses on the synthesis spectra (phase_loss)
+    consistency: float = 0.0  # STFT consistency: synthesis spectra vs their waveform's re-analysis (MSE)
     sisdr: float = 0.0  # negative SI-SDR in dB
     quantizer: float = 1.0  # the quantizer stack's auxiliary losses
     mel_windows: list = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])  # samples
@@ -150,7 +176,7 @@ class CodecLoss(nn.Module):
 
     forward(pred, target, quantizer_loss=None, spectra=None): audio float [B, 1, T] each, the
     stack's auxiliary loss (a scalar; None where there is none, as in validation through encode
-    and decode) and CodecOutput.spectra (the "spectrum" term's input; None leaves it out) ->
+    and decode) and CodecOutput.spectra (SPECTRA_TERMS' input; None leaves them out) ->
     (total scalar, {term: unweighted scalar}: the terms with a non-zero weight and their input,
     and "quantizer" whenever it is given, even at weight 0, so that logs show it). The
     training loop, validation and the benchmark all call it this way.
@@ -166,8 +192,8 @@ class CodecLoss(nn.Module):
 
     @property
     def wants_spectra(self) -> bool:
-        """Whether the spectrum term is on (callers then pass ``spectra``)."""
-        return bool(self.weights["spectrum"])
+        """Whether a term of SPECTRA_TERMS is on (callers then pass ``spectra``)."""
+        return any(self.weights[n] for n in SPECTRA_TERMS)
 
     def reported(self, with_quantizer: bool = True, with_spectra: bool = True) -> list[str]:
         """The terms ``forward`` returns, in TERM_NAMES order (``with_quantizer``: a quantizer
@@ -175,11 +201,11 @@ class CodecLoss(nn.Module):
         def on(n: str) -> bool:
             if n == "quantizer":
                 return with_quantizer
-            return bool(self.weights[n]) and (n != "spectrum" or with_spectra)
+            return bool(self.weights[n]) and (n not in SPECTRA_TERMS or with_spectra)
         return [n for n in TERM_NAMES if on(n)]
 
     def forward(self, pred: Tensor, target: Tensor, quantizer_loss: Tensor | None = None,
-                spectra: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                spectra: SynthesisSpectra | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         pred, target = pred.float(), target.float()
         with torch.autocast(pred.device.type, enabled=False):
             parts: dict[str, Tensor] = {}
@@ -191,8 +217,14 @@ class CodecLoss(nn.Module):
                 parts["l1"] = (pred - target).abs().mean()
             if self.weights["complex"]:
                 parts["complex"] = self.complex(pred, target)
-            if self.weights["spectrum"] and spectra is not None:
-                parts["spectrum"] = self.complex.between(spectra[0].to(torch.complex64), spectra[1].to(torch.complex64))
+            if spectra is not None:
+                predicted, wanted = spectra.predicted.to(torch.complex64), spectra.target.to(torch.complex64)
+                if self.weights["spectrum"]:
+                    parts["spectrum"] = self.complex.between(predicted, wanted)
+                if self.weights["phase"]:
+                    parts["phase"] = phase_loss(predicted, wanted)
+                if self.weights["consistency"]:
+                    parts["consistency"] = (predicted - spectra.reanalysed().to(torch.complex64)).abs().square().mean()
             if self.weights["sisdr"]:
                 parts["sisdr"] = si_sdr_loss(pred, target)
             if quantizer_loss is not None:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from codec.model import Codec
+from codec.nn.stft import SynthesisSpectra
 from codec.train.losses import CodecLoss
 
 
@@ -23,7 +24,7 @@ class TrainStep(nn.Module):
         self.codec = codec
 
     def forward(self, wav: Tensor, quantize: bool = True,
-                spectra: bool = False) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+                spectra: bool = False) -> tuple[Tensor, Tensor, SynthesisSpectra | None]:
         out = self.codec(wav, quantize=quantize, spectra=spectra)
         return out.audio.float(), out.quantizer_loss.float(), out.spectra
 
