@@ -48,15 +48,19 @@ class MultiScaleMelLoss(nn.Module):
             self.register_buffer(f"fb{i}", torch.from_numpy(fb).float(), persistent=False)
             self.register_buffer(f"win{i}", torch.hann_window(w), persistent=False)
 
+    def log_mel(self, i: int, x: Tensor) -> Tensor:
+        """Audio float [B, T] -> log10 mel spectrogram of window ``windows[i]``, [B, bands, frames]."""
+        w = self.windows[i]
+        spec = torch.stft(x, n_fft=w, hop_length=w // 4, window=getattr(self, f"win{i}"), return_complex=True).abs()
+        return torch.log10(torch.matmul(getattr(self, f"fb{i}"), spec).clamp_min(1e-5))
+
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        x = torch.cat([pred, target]).squeeze(1).float()  # one STFT for both: [2B, T]
-        total = x.new_zeros(())
-        for i, w in enumerate(self.windows):
-            spec = torch.stft(x, n_fft=w, hop_length=w // 4, window=getattr(self, f"win{i}"),
-                              return_complex=True).abs()  # [2B, w/2+1, frames]
-            mel = torch.log10(torch.matmul(getattr(self, f"fb{i}"), spec).clamp_min(1e-5))
-            p, t = mel.chunk(2)
-            total = total + (p - t).abs().mean()
+        p_audio, t_audio = pred.squeeze(1).float(), target.squeeze(1).float()
+        total = p_audio.new_zeros(())
+        for i in range(len(self.windows)):
+            with torch.no_grad():  # the target's spectra need no backward pass
+                t = self.log_mel(i, t_audio)
+            total = total + (self.log_mel(i, p_audio) - t).abs().mean()
         return total / len(self.windows)
 
 
@@ -88,11 +92,14 @@ class CompressedComplexLoss(nn.Module):
         return (p - t).abs().square().mean() + (p.abs() - t.abs()).square().mean()
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        x = torch.cat([pred, target]).squeeze(1).float()  # one STFT for both: [2B, T]
-        total = x.new_zeros(())
+        p_audio, t_audio = pred.squeeze(1).float(), target.squeeze(1).float()
+        total = p_audio.new_zeros(())
         for i, (n, hop) in enumerate(self.resolutions):
-            spec = torch.stft(x, n_fft=n, hop_length=hop, window=getattr(self, f"win{i}"), return_complex=True)
-            total = total + self.between(*spec.chunk(2))
+            window = getattr(self, f"win{i}")
+            with torch.no_grad():  # the target's spectra need no backward pass
+                t = torch.stft(t_audio, n_fft=n, hop_length=hop, window=window, return_complex=True)
+            total = total + self.between(torch.stft(p_audio, n_fft=n, hop_length=hop, window=window,
+                                                    return_complex=True), t)
         return total / len(self.resolutions)
 
 
