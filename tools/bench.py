@@ -364,7 +364,53 @@ def train_step_time(recipe: str, repeats: int, warmup: int, batch: int | None, c
         train_step(step, loss_fn, opt, sched, [wav], cfg.clip_grad_norm)
 
     t = timeit(one, repeats, warmup)
-    return {"step_s": t, "batch": batch, "crop_s": crop, "audio_s_per_s": batch * crop / t}
+    parts = train_step_parts(codec, loss_fn, wav, repeats, warmup)
+    parts["backward and optimizer (the rest)"] = max(0.0, t - sum(parts.values()))
+    # The FLOP limit: a training step costs about 3 forward passes (the backward two), 2 FLOPs
+    # per multiply-add, at the float32 matrix-product peak this process reaches.
+    macs = sum(our_macs(codec.eval()).values())
+    codec.train()
+    peak = matmul_peak_flops(repeats, warmup)
+    limit = peak / (3 * 2 * macs)
+    return {"step_s": t, "batch": batch, "crop_s": crop, "audio_s_per_s": batch * crop / t, "parts": parts,
+            "forward_macs_per_audio_s": macs, "peak_gflops": peak / 1e9, "flop_limit_audio_s_per_s": limit}
+
+
+def matmul_peak_flops(repeats: int, warmup: int, n: int = 1024) -> float:
+    """FLOP/s of a float32 n x n matrix product at the current thread count (the machine's
+    practical peak for the dense layers)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / timeit(lambda: a @ b, max(3, repeats), warmup)
+
+
+def train_step_parts(codec: Codec, loss_fn, wav: torch.Tensor, repeats: int, warmup: int) -> dict[str, float]:
+    """Seconds per training step spent in: the encoder, quantizer and decoder forward passes
+    (training mode, as the step runs them) and each loss term's forward and backward (on a
+    detached reconstruction, so the model's own backward is not counted twice)."""
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        out["encoder forward"] = timeit(lambda: codec.encoder(wav), repeats, warmup)
+        z = codec.encoder(wav)
+        out["quantizer forward (search, EMA, restarts, statistics)"] = timeit(lambda: codec.quantizer(z), repeats, warmup)
+        out["decoder forward"] = timeit(lambda: codec.decoder(z), repeats, warmup)
+        with torch.no_grad():
+            res = codec(wav, spectra=loss_fn.wants_spectra)
+    pred = res.audio.detach()
+    for name in loss_fn.reported(with_quantizer=False):
+        def term(name: str = name) -> None:
+            p = pred.clone().requires_grad_(True)
+            spectra = None
+            if res.spectra is not None:
+                spec = res.spectra.predicted.detach().clone().requires_grad_(True)
+                spectra = type(res.spectra)(spec, res.spectra.target, p, res.spectra.grid)
+            single = {k: (v if k == name else 0.0) for k, v in loss_fn.weights.items()}
+            saved, loss_fn.weights = loss_fn.weights, single
+            try:
+                loss_fn(p, wav, None, spectra)[0].backward()
+            finally:
+                loss_fn.weights = saved
+        out[f"loss {name} (forward + backward)"] = timeit(term, repeats, warmup)
+    return out
 
 
 # ----- the run ------------------------------------------------------------------------------------------
@@ -525,8 +571,13 @@ def markdown(res: dict) -> str:
     if "train" in res:
         t = res["train"]
         lines += ["", (f"Training step on the CPU ({t['threads']} threads, batch {t['batch']} x {t['crop_s']:g} s): "
-                  f"{t['step_s']:.2f} s, {t['audio_s_per_s']:.2f} s of audio per second. GPU: not measured "
-                  f"(no GPU lent to this run).")]
+                  f"{t['step_s']:.2f} s, {t['audio_s_per_s']:.2f} s of audio per second "
+                  f"({t['audio_s_per_s'] / t['flop_limit_audio_s_per_s']:.2f} of the FLOP limit, "
+                  f"{t['flop_limit_audio_s_per_s']:.0f} s/s: 3 x {t['forward_macs_per_audio_s'] / 1e6:.0f} M multiply-adds "
+                  f"per second of audio at the {t['peak_gflops']:.0f} GFLOP/s of a 1024^2 float32 matmul). "
+                  f"GPU: not measured (no GPU lent to this run)."), "",
+                  "| part of the training step | seconds | share |", "| --- | ---: | ---: |"]
+        lines += [f"| {k} | {v:.3f} | {100 * v / t['step_s']:.0f}% |" for k, v in t["parts"].items()]
     return "\n".join(lines)
 
 
