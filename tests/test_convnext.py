@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO, cycled_slices, speech
+from conftest import KINDS, REPO, cycled_slices, speech
 
 from codec import Codec
 from codec.nn.conv import CausalConv1d
@@ -22,9 +22,13 @@ def tiny_convnext(kind: str = "ste", seed: int = 0, **model: object) -> Codec:
     return Codec.from_config(recipe)
 
 
-def warmed(kind: str) -> Codec:
+#: The default model's synthesis (recipes/synthesis_atan2.yaml) at test size.
+CHOSEN = {"subframes": 4, "stft_window": 320, "head": "logmag_atan2", "synthesis_delay": True}
+
+
+def warmed(kind: str, **model_cfg: object) -> Codec:
     """A tiny ConvNeXt codec whose codebooks have seen real speech twice (codes spread out)."""
-    model = tiny_convnext(kind)
+    model = tiny_convnext(kind, **model_cfg)
     model.train()
     with torch.no_grad():
         for _ in range(2):
@@ -71,10 +75,34 @@ def test_streaming_matches_offline(kind: str, chunk: int) -> None:
     assert (frames - offline).abs().max().item() <= 1e-5
 
 
-def test_fast_streaming_agrees_with_offline() -> None:
+@pytest.mark.parametrize("chunk", [1, 7, 320, 1000, 16000])
+@pytest.mark.parametrize("kind", KINDS)
+def test_chosen_synthesis_streams_exactly_for_every_kind(kind: str, chunk: int) -> None:
+    """The default model's grid and head: exact-mode streamed codes equal the offline ones for
+    every quantizer kind and chunk size, and the decode stream (native engine, one frame per
+    call, then flush_decoder) gives the offline audio."""
+    wav = speech({1: 0.206, 7: 0.5}.get(chunk, 2.0))
+    model = warmed(kind, **CHOSEN)
+    model.exact = True
+    codes = model.encode(wav)
+    with model.streaming():
+        parts = [model.encode(wav[..., i : i + chunk]) for i in range(0, wav.shape[-1], chunk)]
+        parts.append(model.flush())
+    assert torch.equal(torch.cat(parts, -1), codes)
+    assert codes.unique().numel() > 4
+    offline = model.decode(codes)
+    with model.streaming():
+        frames = torch.cat([model.decode(codes[..., t : t + 1]) for t in range(codes.shape[-1])]
+                           + [model.flush_decoder()], -1)
+    assert frames.shape == offline.shape
+    assert (frames - offline).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("grid", [{}, CHOSEN], ids=["default", "chosen"])
+def test_fast_streaming_agrees_with_offline(grid: dict) -> None:
     """The default fp32 encode, streamed in one-frame chunks: nearly every code equal."""
     wav = speech(4.0)
-    model = warmed("ste")
+    model = warmed("ste", **grid)
     codes = model.encode(wav)
     with model.streaming():
         streamed = torch.cat([model.encode(wav[..., i : i + HOP]) for i in range(0, wav.shape[-1], HOP)]
