@@ -24,7 +24,7 @@ def recipe_kinds(name: str) -> list[str]:
         return ["simvq"] + ["ema"] * 11
     if name in ("base", "ste"):
         return ["ste"] * 12
-    if name in ("speech16k", "synthesis_fine", "synthesis_atan2"):  # the shipped default model's recipe, and variants
+    if name.startswith(("speech16k", "synthesis_")):  # the shipped default models' recipes, and variants
         return ["ema"] * 12
     return [name] * 12
 
