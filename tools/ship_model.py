@@ -6,7 +6,9 @@
 writes ``codec/pretrained/<name>/config.json`` and ``model.safetensors`` (EMA statistics,
 usage windows and restart counters left out: ``Codec.save_pretrained(training_state=False)``),
 keeping any MODEL_CARD.md already there and removing a priors.json that belonged to the
-previous weights (make new ones with ``codec priors --model <name> --data DIR``).
+previous weights (make new ones with ``codec priors --model <name> --data DIR --out COPY``,
+which writes a copy of the shipped model with its priors, and copy ``COPY/priors.json`` in:
+``codec priors`` never writes into a shipped model itself).
 Bad input ends with one ``ship_model: error:`` line and exit code 2.
 """
 from __future__ import annotations
@@ -53,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ship_model: error: {exc}", file=sys.stderr)
         return 2
     size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
-    print(f"ship_model: {target} ({size:.1f} MiB); now run: codec priors --model {args.name} --data DIR",
-          file=sys.stderr)
+    print(f"ship_model: {target} ({size:.1f} MiB); now run: codec priors --model {args.name} --data DIR "
+          f"--out COPY, then copy COPY/priors.json into {target}", file=sys.stderr)
     return 0
 
 
