@@ -10,6 +10,7 @@ from codec import Codec
 from codec.nn.conv import CausalConv1d
 from codec.nn.stft import CausalISTFT, CausalSTFT
 from codec.recipe import ConfigError, deep_merge, load_recipe
+from codec.runtime import native
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HOP = 320
@@ -92,8 +93,10 @@ def test_chosen_synthesis_streams_exactly_for_every_kind(kind: str, chunk: int) 
     assert codes.unique().numel() > 4
     offline = model.decode(codes)
     with model.streaming():
-        frames = torch.cat([model.decode(codes[..., t : t + 1]) for t in range(codes.shape[-1])]
-                           + [model.flush_decoder()], -1)
+        frames = [model.decode(codes[..., t : t + 1]) for t in range(codes.shape[-1])]
+        native_ran = model.stream_runner.engine("decoder") is not None
+        frames = torch.cat(frames + [model.flush_decoder()], -1)
+    assert native_ran == (native.load() is not None)
     assert frames.shape == offline.shape
     assert (frames - offline).abs().max().item() <= 1e-5
 
@@ -276,6 +279,21 @@ def test_fine_grid_streams_like_offline(groups: list[int], grid: dict) -> None:
     assert streamed.shape == offline.shape == again.shape
     assert (streamed - offline).abs().max().item() <= 1e-5
     assert (again - offline).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("tokens", [1, 2])
+def test_a_stream_shorter_than_the_delay_flushes_only_its_own_samples(tokens: int) -> None:
+    """Two sub-frames per token, three held back: a one- or two-token stream has not yet
+    dropped the samples before its start when flush_decoder() comes, so the flush drops them."""
+    model = tiny_convnext("ema", **COARSE_DELAY).eval()
+    codes = model.encode(speech(1.0))[..., :tokens]
+    offline = model.decode(codes)
+    for native_on in (False, True):
+        model.native = native_on
+        with model.streaming():
+            streamed = torch.cat([model.decode(codes), model.flush_decoder()], -1)
+        assert streamed.shape == offline.shape == (1, 1, tokens * HOP)
+        assert (streamed - offline).abs().max().item() <= 1e-5
 
 
 def test_fine_grid_saves_and_loads(tmp_path) -> None:

@@ -110,6 +110,8 @@ def test_augmentation_adds_tones_and_gains_and_is_off_by_default(train_utts) -> 
     added = [sines_share(t[i, 0] - x["audio"][i, 0]) > 0.99 for i in range(8)]
     assert all(p or a for p, a in zip(pure, added)) and 0 < sum(pure) < 8  # tones alone, or added to the speech
     assert not any(sines_share(x["audio"][i, 0]) > 0.99 for i in range(8))
+    loud_tones = CropBatches(train_utts, 16000, 0.5, 8, seed=3, tone_fraction=1.0)[5]["audio"]
+    assert float(loud_tones.abs().max()) <= 0.99 + 1e-6  # tones alone never clip either
     rng = np.random.default_rng(0)
     speech_crop = x["audio"][0, 0].numpy()
     assert augment(speech_crop, rng, 16000) is speech_crop and rng.random() == np.random.default_rng(0).random()

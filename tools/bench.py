@@ -385,16 +385,16 @@ def matmul_peak_flops(repeats: int, warmup: int, n: int = 1024) -> float:
 
 def train_step_parts(codec: Codec, loss_fn, wav: torch.Tensor, repeats: int, warmup: int) -> dict[str, float]:
     """Seconds per training step spent in: the encoder, quantizer and decoder forward passes
-    (training mode, as the step runs them) and each loss term's forward and backward (on a
-    detached reconstruction, so the model's own backward is not counted twice)."""
+    (training mode, without building the autograd graph, whose cost the remainder of the step
+    carries; the quantizer's EMA statistics move as in a step) and each loss term's forward and
+    backward (on a detached reconstruction, so the model's own backward is not counted twice)."""
     out: dict[str, float] = {}
     with torch.no_grad():
         out["encoder forward"] = timeit(lambda: codec.encoder(wav), repeats, warmup)
         z = codec.encoder(wav)
         out["quantizer forward (search, EMA, restarts, statistics)"] = timeit(lambda: codec.quantizer(z), repeats, warmup)
         out["decoder forward"] = timeit(lambda: codec.decoder(z), repeats, warmup)
-        with torch.no_grad():
-            res = codec(wav, spectra=loss_fn.wants_spectra)
+        res = codec(wav, spectra=loss_fn.wants_spectra)
     pred = res.audio.detach()
     for name in loss_fn.reported(with_quantizer=False):
         def term(name: str = name) -> None:

@@ -116,10 +116,10 @@ HEADS = {"logmag_phase": 2, "complex": 2, "logmag_atan2": 3}
 
 
 class CausalISTFT(_TokenGrid):
-    """Per-token spectra, float [B, F, subframes x 2 bins] -> waveform [B, 1, F hop].
+    """Per-token spectra, float [B, F, subframes x HEADS[head] x bins] -> waveform [B, 1, F hop].
 
-    Each token carries ``subframes`` spectra (bins = window / 2 + 1 each) as, per ``head``,
-    [log-magnitude | phase in radians] or [real | imaginary]; their inverse FFTs are windowed
+    Each token carries ``subframes`` spectra (bins = window / 2 + 1 each) in the layout of
+    ``head`` (HEADS); their inverse FFTs are windowed
     (periodic Hann) and overlap-added at the sub-hop. ``delay`` False: sub-frame u starts at
     sub-block u (it needs nothing later than itself: no latency beyond the token); True: it
     ends at sub-block u, as the analysis does, so a sample is final only once the window - sub
@@ -133,7 +133,7 @@ class CausalISTFT(_TokenGrid):
         self.head = head
         self.delay = delay
         if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, not {head!r}")
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
 
     @property
     def outputs(self) -> int:
@@ -163,10 +163,12 @@ class CausalISTFT(_TokenGrid):
 
     def target_spectra(self, wav: Tensor) -> Tensor:
         """Audio float [B, 1, T] (T a multiple of hop) -> complex [B, T / sub hop, bins]: the
-        spectra this synthesis turns back into ``wav`` exactly (sub-frame by sub-frame, each
-        where this grid places it; samples outside the signal count as zero): the FFT of the
-        plain frame divided by the windows' overlap sum (k / 2 for Hann at k sub-hops per
-        window). What a loss on the head's own spectra compares with."""
+        spectra this synthesis turns back into ``wav`` (sub-frame by sub-frame, each where this
+        grid places it; samples outside the signal count as zero): the FFT of the plain frame
+        divided by the windows' overlap sum (k / 2 for Hann at k sub-hops per window). Exact
+        except at one edge, where frames outside the signal would be needed: the last k - 1
+        sub-blocks with ``delay``, the first k - 1 without. What a loss on the head's own
+        spectra compares with."""
         h, k, d = self.sub_hop, self.window // self.sub_hop, self.frame_delay
         x = torch.nn.functional.pad(wav[:, 0], (d * h, (k - 1 - d) * h))
         return torch.fft.rfft(x.unfold(-1, self.window, h), dim=-1) * (2.0 / k)
@@ -243,16 +245,19 @@ class CausalISTFT(_TokenGrid):
         """Streaming: the samples still held back, float [B, 1, lookahead] (the partial sums
         no later frame will complete), or None when there are none; the stream then starts
         afresh."""
-        buf = self.__dict__["_buffer"]
+        buf, skip = self.__dict__["_buffer"], self.skip or 0
         self.load_stream_state(None)
         if buf is None or not self.delay:
             return None
-        return buf[:, : self.lookahead // self.sub_hop].reshape(buf.shape[0], 1, -1)
+        # a stream shorter than the delay still owes its skip: those sub-blocks lie before sample 0
+        held = self.lookahead // self.sub_hop
+        return buf[:, min(skip, held) : held].reshape(buf.shape[0], 1, -1)
 
     @property
     def skip(self) -> int | None:
         """Streaming: sub-blocks still to drop at the stream's start (a synthesis delay's, before
-        sample 0), or None before the first frame (then frame_delay will be)."""
+        sample 0); None before the first frame (then frame_delay will be) and on the default
+        grid's own path (no delay, nothing to drop)."""
         return self.__dict__.get("_skip")
 
     @skip.setter

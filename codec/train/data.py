@@ -156,9 +156,10 @@ def augment(x: np.ndarray, rng: np.random.Generator, rate: int, gain_db: tuple[f
     With probability ``tone_fraction``, 1-3 sines (frequencies log-uniform over 50 Hz .. 0.45
     ``rate``, amplitudes log-uniform 0.02 .. 0.4 shared between them, random phases) are added,
     and half of those crops drop the speech (pure tones), so a codec trained on speech alone
-    still passes tones. Then a gain uniform in ``gain_db`` (dB); a crop whose peak would pass
-    0.99 is scaled down to it instead of clipping. With the defaults it returns ``x`` unchanged
-    and draws nothing."""
+    still passes tones. Then a gain uniform in ``gain_db`` (dB). A crop either step changed
+    whose peak passes 0.99 is scaled down to it instead of clipping. With the defaults it
+    returns ``x`` unchanged and draws nothing."""
+    changed = False
     if tone_fraction > 0 and rng.random() < tone_fraction:
         n = int(rng.integers(1, 4))
         t = np.arange(len(x)) / rate
@@ -167,12 +168,21 @@ def augment(x: np.ndarray, rng: np.random.Generator, rate: int, gain_db: tuple[f
         phases = rng.uniform(0, 2 * np.pi, n)
         tones = (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None])).sum(0)
         x = (tones if rng.random() < 0.5 else x + tones).astype(np.float32)
+        changed = True
     lo, hi = gain_db
     if hi > lo or lo != 0:
         x = x * np.float32(10.0 ** (rng.uniform(lo, hi) / 20.0))
-        peak = float(np.abs(x).max()) if len(x) else 0.0
-        if peak > 0.99:
-            x = x * np.float32(0.99 / peak)
+        changed = True
+    peak = float(np.abs(x).max()) if changed and len(x) else 0.0
+    if peak > 0.99:
+        x = x * np.float32(0.99 / peak)
+    return x
+    lo, hi = gain_db
+    if hi > lo or lo != 0:
+        x = x * np.float32(10.0 ** (rng.uniform(lo, hi) / 20.0))
+    peak = float(np.abs(x).max()) if len(x) else 0.0
+    if peak > 0.99:
+        x = x * np.float32(0.99 / peak)
     return x
 
 

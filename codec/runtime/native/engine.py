@@ -72,6 +72,8 @@ def unsupported(net: nn.Module, quantizer: ResidualQuantizer, part: str) -> str 
     io = net.stft if part == "encoder" else net.istft
     if part == "decoder" and io.head not in HEAD_CODES:
         return f"the synthesis head {io.head!r}"
+    if io.window % 2 or io.window < 2 * io.sub_hop:
+        return f"an odd window or one shorter than two sub-hops ({io.window} samples)"
     if max(_prime_factors(io.window)) > 31:
         return f"the FFT of {io.window} points has a prime factor above 31"
     norms = [b.norm for b in net.blocks] + [net.norm]
