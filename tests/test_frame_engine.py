@@ -49,9 +49,12 @@ def stream_codes(model: Codec, wav: torch.Tensor, chunks: list[int] | int, nativ
 
 
 def stream_audio(model: Codec, codes: torch.Tensor, frames: int = 1, native_on: bool = True) -> torch.Tensor:
+    """Codes decoded as a stream, ``frames`` at a time, with the samples a synthesis delay holds
+    back (``flush_decoder``) at the end: the offline decode's length."""
     model.native = native_on
     with model.streaming():
-        return torch.cat([model.decode(codes[..., t : t + frames]) for t in range(0, codes.shape[-1], frames)], -1)
+        parts = [model.decode(codes[..., t : t + frames]) for t in range(0, codes.shape[-1], frames)]
+        return torch.cat(parts + [model.flush_decoder()], -1)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +153,7 @@ def test_long_chunks_hand_the_stream_to_pytorch_and_back(shipped: Codec, monkeyp
             parts.append(shipped.decode(ref[..., t : t + groups[k % len(groups)]]))
             t, k = t + groups[k % len(groups)], k + 1
         owners = {shipped.stream_runner.path("decoder")}
+        parts.append(shipped.flush_decoder())
     audio = torch.cat(parts, -1)
     assert owners <= {ENGINE, LAYERS}
     assert handovers["load_state"] >= 4 and handovers["store_state"] >= 4  # both ways, both parts
