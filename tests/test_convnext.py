@@ -57,33 +57,15 @@ def test_stft_then_istft_is_the_identity_one_hop_late() -> None:
     assert torch.allclose(unit[windowed.abs() > 1e-3], torch.ones(()).double(), atol=1e-9)
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 320, 1000, 16000])
-@pytest.mark.parametrize("kind", ["ste", "ema"])
-def test_streaming_matches_offline(kind: str, chunk: int) -> None:
-    wav = speech({1: 0.206, 7: 0.5}.get(chunk, 2.0))
-    model = warmed(kind)
-    model.exact = True
-    codes = model.encode(wav)
-    with model.streaming():
-        parts = [model.encode(wav[..., i : i + chunk]) for i in range(0, wav.shape[-1], chunk)]
-        parts.append(model.flush())
-    assert torch.equal(torch.cat(parts, -1), codes)
-    assert codes.unique().numel() > 4
-    offline = model.decode(codes)
-    with model.streaming():
-        frames = torch.cat([model.decode(codes[..., t : t + 1]) for t in range(codes.shape[-1])], -1)
-    assert frames.shape == offline.shape == (1, 1, codes.shape[-1] * HOP)
-    assert (frames - offline).abs().max().item() <= 1e-5
-
-
+@pytest.mark.parametrize("grid", [{}, CHOSEN], ids=["one-frame", "chosen"])
 @pytest.mark.parametrize("chunk", [1, 7, 320, 1000, 16000])
 @pytest.mark.parametrize("kind", KINDS)
-def test_chosen_synthesis_streams_exactly_for_every_kind(kind: str, chunk: int) -> None:
-    """The default model's grid and head: exact-mode streamed codes equal the offline ones for
-    every quantizer kind and chunk size, and the decode stream (native engine, one frame per
-    call, then flush_decoder) gives the offline audio."""
+def test_streaming_matches_offline(kind: str, chunk: int, grid: dict) -> None:
+    """The one-frame grid and the default model's (CHOSEN): exact-mode streamed codes equal
+    the offline ones for every quantizer kind and chunk size, and the decode stream (native
+    engine, one frame per call, then flush_decoder) gives the offline audio."""
     wav = speech({1: 0.206, 7: 0.5}.get(chunk, 2.0))
-    model = warmed(kind, **CHOSEN)
+    model = warmed(kind, **grid)
     model.exact = True
     codes = model.encode(wav)
     with model.streaming():
@@ -97,7 +79,7 @@ def test_chosen_synthesis_streams_exactly_for_every_kind(kind: str, chunk: int) 
         native_ran = model.stream_runner.engine("decoder") is not None
         frames = torch.cat(frames + [model.flush_decoder()], -1)
     assert native_ran == (native.load() is not None)
-    assert frames.shape == offline.shape
+    assert frames.shape == offline.shape == (1, 1, codes.shape[-1] * HOP)
     assert (frames - offline).abs().max().item() <= 1e-5
 
 

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np
 
 from codec.audio_io import AudioError, read_audio
+from codec.cli.common import CLIError, load_model
 from codec.eval.faithfulness import decode_through, speech_faithfulness, tone_gains
 from codec.files.estimate import audio_files
-from codec.model import Codec
 from codec.recipe import ConfigError
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "LibriSpeech" / "test-other"
@@ -41,10 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         files = audio_files(args.data)[: args.limit]
         if not files:
             raise ConfigError(f"--data {args.data}: no audio files")
-        try:
-            model = Codec.from_pretrained(args.model).eval()
-        except Exception as e:  # noqa: BLE001 - any failure to load is one line
-            raise ConfigError(f"cannot load model {args.model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        model, _ = load_model(args.model)
         rows = []
         for path in files:
             x = read_audio(str(path), model.sample_rate)
@@ -52,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         dc = np.array([r["dc_error"] for r in rows])
         level = np.array([r["level_error_db"] for r in rows])
         tones = tone_gains(model)
-    except (ConfigError, AudioError, OSError) as e:
+    except (CLIError, ConfigError, AudioError, OSError) as e:
         print(f"faithfulness: error: {e}", file=sys.stderr)
         return 2
     print(f"{args.model}: speech ({len(rows)} files): max |DC out - DC in| {np.abs(dc).max():.4f}, "

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from codec.audio_io import AudioError, read_audio
+from codec.cli.common import CLIError, load_model
 from codec.eval.metrics import score, to_metric_rate
 from codec.files.estimate import audio_files
 from codec.model import Codec
@@ -66,15 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--data {args.data}: no audio files")
         results = {}
         for name in args.models:
-            try:
-                model = Codec.from_pretrained(name).eval()
-            except Exception as e:  # noqa: BLE001 - any failure to load is one line
-                raise ConfigError(f"cannot load model {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            model, _ = load_model(name)
             s = summary(unquantized_scores(model, files))
             results[name] = s
             print(f"{name}: unquantized PESQ {s['pesq']:.3f} +- {s['pesq_ci95']:.3f}, STOI {s['stoi']:.3f}, "
                   f"mel {s['mel_distance']:.3f}, SI-SDR {s['si_sdr']:.2f} dB ({s['files']} files)")
-    except (ConfigError, AudioError, OSError) as e:
+    except (CLIError, ConfigError, AudioError, OSError) as e:
         print(f"unquantized_quality: error: {e}", file=sys.stderr)
         return 2
     if args.json:
