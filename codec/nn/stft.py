@@ -178,10 +178,6 @@ class CausalISTFT(_TokenGrid):
         """Samples of algorithmic latency beyond the token: window - sub hop with ``delay``, else 0."""
         return self.window - self.sub_hop if self.delay else 0
 
-    def _frames(self, x: Tensor) -> Tensor:
-        """[B, F, outputs] -> windowed sub-frames [B, F subframes, window]."""
-        return self.synthesis_frames(self.spectra(x))
-
     def synthesis_frames(self, spec: Tensor) -> Tensor:
         """Spectra complex [B, U, bins] -> windowed sub-frames float [B, U, window]."""
         frames = torch.fft.irfft(spec, n=self.window, dim=-1)
@@ -191,7 +187,7 @@ class CausalISTFT(_TokenGrid):
         """Head outputs [B, F, outputs] -> audio [B, 1, F hop] (``spectra``: the sub-frames'
         spectra when the caller has them already, ``self.spectra(x)``)."""
         h = self.sub_hop
-        frames = self._frames(x) if spectra is None else self.synthesis_frames(spectra)  # [B, U, window]
+        frames = self.synthesis_frames(self.spectra(x) if spectra is None else spectra)  # [B, U, window]
         b, u, _ = frames.shape
         k = self.window // h  # sub-blocks a frame spans
         if k == 2 and not self.delay:

@@ -55,7 +55,7 @@ def validate(accelerator: Accelerator, codec: Codec, loss_fn: CodecLoss,
     codec.eval()
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
-    # the spectrum term needs the decoder's own spectra: only the unquantized pass has them
+    # the SPECTRA_TERMS need the decoder's own spectra: only the unquantized pass has them
     names = ["loss", *loss_fn.reported(with_quantizer=False, with_spectra=not quantized)]
     sums = torch.zeros(len(names) + 2, dtype=torch.float64, device=device)  # + pesq sum, pesq count
     counts = [torch.zeros(k, dtype=torch.float64, device=device) for k in codec.codebook_sizes]
