@@ -57,6 +57,8 @@ def test_bench_smoke_convnext_has_int8_rows(tmp_path: Path) -> None:
     r = res["threads"]["1"]
     assert res["int8"]
     assert r["stream_encode_20ms_int8"] > 0 and r["stream_decode_20ms_int8"] > 0
+    assert res["onnxruntime"] and r["stream_encode_20ms_onnxruntime"] > 0 and r["stream_decode_20ms_onnxruntime"] > 0
+    assert "onnxruntime (codec export)" in bench.markdown(res)
     assert res["flatness_int8"]["chunks"] == 100
     f = res["flatness"]
     assert f["median_ratio"] == f["last_median_ms"] / f["first_median_ms"]

@@ -12,6 +12,7 @@ from conftest import REPO, data_root, speech, tiny_model
 
 from codec import Codec
 from codec.cli import main
+from codec.nn.stft import SynthesisSpectra
 from codec.recipe import ConfigError, deep_merge, load_recipe
 from codec.train.checkpoint import STATE_FILE, latest_checkpoint, remove_partial
 from codec.train.config import load_training_recipe, parse_overrides
@@ -23,11 +24,9 @@ from codec.train.data import (
     utterances_from,
     validation_set,
 )
-from codec.nn.stft import SynthesisSpectra
 from codec.train.losses import TERM_NAMES, CodecLoss, LossConfig
 from codec.train.optim import lr_factor
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny.yaml"
 
 
@@ -203,6 +202,63 @@ def test_si_sdr_loss_is_scale_invariant_and_prefers_the_clean_signal() -> None:
     total, parts = both(noisy, x)
     assert set(parts) == {"complex", "sisdr"}
     assert float(total) == pytest.approx(float(parts["complex"] + 0.5 * parts["sisdr"]), rel=1e-5)
+
+
+def test_dc_and_level_terms_measure_offset_and_level_per_crop() -> None:
+    from codec.train.losses import dc_error, level_error
+
+    x = torch.cat([speech(0.5), 0.3 * speech(0.5)])  # two crops of different levels
+    assert float(dc_error(x + 0.01, x)) == pytest.approx(0.01, abs=1e-6)
+    assert float(dc_error(x, x)) == 0 and float(level_error(x, x)) == 0
+    # per crop: half the first one's amplitude and double the second's is ln 2 each way
+    scaled = x * torch.tensor([0.5, 2.0])[:, None, None]
+    assert float(level_error(scaled, x)) == pytest.approx(math.log(2), rel=1e-5)
+    # a crop decoded as silence costs its level above the -80 dBFS floor, whatever its spectrum
+    tone = 0.3 * torch.sin(2 * math.pi * 1000 * torch.arange(8000) / 16000)[None, None]
+    assert float(level_error(torch.zeros_like(tone), tone)) == pytest.approx(math.log(0.3 / math.sqrt(2) / 1e-4), rel=1e-4)
+    parts = CodecLoss(16000, LossConfig(stft=0.0, mel=0.0, dc=10.0, level=1.0, quantizer=0.0))(x + 0.01, x)
+    assert set(parts[1]) == {"dc", "level"}
+    assert float(parts[0]) == pytest.approx(10 * float(parts[1]["dc"]) + float(parts[1]["level"]), rel=1e-5)
+
+
+def test_ema_stage_loaded_without_its_statistics_trains_on_without_restarting_its_codebook() -> None:
+    """A shipped model leaves the EMA statistics out (they load as zeros); training on from it
+    must not take every code for dead: the first step gives each code the mean count."""
+    from codec.quant.kinds.ema import EMAQuantizer
+
+    torch.manual_seed(0)
+    q = EMAQuantizer(8, 64, dead_threshold=0.1, dead_fraction=0.1).train()
+    q(torch.randn(256, 8))  # k-means init
+    book = q.embed.clone()
+    q.cluster_size.zero_()
+    q.embed_sum.zero_()
+    q(torch.randn(256, 8))
+    assert q.last_restarts == 0
+    assert float(q.cluster_size.sum()) == pytest.approx(256.0, rel=1e-4)  # N's total: the rows per step
+    assert float((q.embed - book).norm(dim=1).max()) < 0.1 * float(book.norm(dim=1).mean())
+
+
+def test_init_from_copies_a_saved_model_into_a_fresh_run(tmp_path: Path) -> None:
+    from codec.train.loop import initialise_from
+
+    src = tiny_model("ema", seed=1)
+    src.save_pretrained(tmp_path / "src", training_state=False)
+    same = tiny_model("ema", seed=2)
+    assert initialise_from(same, str(tmp_path / "src")) == ["encoder", "decoder", "quantizer"]
+    for k, v in src.state_dict().items():
+        if k not in src.training_state_keys():
+            assert torch.equal(same.state_dict()[k], v), k
+    other = tiny_model("simvq", seed=2)  # another quantizer: only the encoder and decoder come over
+    fresh = {k: v.clone() for k, v in other.quantizer.state_dict().items()}
+    assert initialise_from(other, str(tmp_path / "src")) == ["encoder", "decoder"]
+    assert torch.equal(other.encoder.state_dict()[next(iter(src.encoder.state_dict()))],
+                       next(iter(src.encoder.state_dict().values())))
+    assert all(torch.equal(v, fresh[k]) for k, v in other.quantizer.state_dict().items())
+    wider = Codec.from_config(deep_merge(load_recipe(TINY), {"model": {"channels": 16}}))
+    with pytest.raises(ConfigError, match="channels"):
+        initialise_from(wider, str(tmp_path / "src"))
+    with pytest.raises(ConfigError, match="init_from"):
+        initialise_from(same, str(tmp_path / "nothing"))
 
 
 def test_spectrum_term_compares_the_decoders_own_spectra_with_those_that_rebuild_the_target() -> None:

@@ -13,7 +13,8 @@ What it measures (each with 1 thread and with all threads, ``--threads``):
 - streaming encode / decode in 20 ms and 320 ms chunks (``--chunks``), with float32 weights
   and, for models with linear layers (ConvNeXt), with int8 weights (``Codec.int8``); batch-1
   streams run in the native frame engine (``codec.runtime.native``), and the "PyTorch layers" rows
-  repeat the float32 ones with it switched off (``Codec.native = False``);
+  repeat the float32 ones with it switched off (``Codec.native = False``); the "onnxruntime"
+  rows stream 20 ms chunks through the model's ONNX export (``codec export``) instead;
 - per-chunk cost over a ``--stream-seconds`` stream (default 60 s, 20 ms chunks, encode +
   decode of each chunk): the mean and the median of the last 10 s over those of the first
   10 s, float32 and int8;
@@ -42,6 +43,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable
@@ -192,6 +194,49 @@ def stream_encode(model: Codec, wav: torch.Tensor, chunk: int) -> torch.Tensor:
         parts = [model.encode(wav[..., i : i + chunk]) for i in range(0, wav.shape[-1], chunk)]
         parts.append(model.flush())
     return torch.cat(parts, dim=-1)
+
+
+def export_for_bench(model: Codec, folder: str) -> str | None:
+    """``model``'s ONNX streaming steps in ``folder`` (codec.runtime.export), or None where
+    onnxruntime / onnx are missing or the architecture has no per-frame step."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    from codec.runtime.export import ExportError, export_onnx
+
+    try:
+        export_onnx(model, folder)
+    except ExportError:
+        return None
+    return folder
+
+
+def onnx_stream_times(folder: str, wav: torch.Tensor, codes: torch.Tensor, threads: int, repeats: int,
+                      warmup: int, seconds: float) -> dict[str, float]:
+    """RTF of onnxruntime streaming (codec.runtime.onnx_stream) in 20 ms chunks with ``threads``
+    intra-op threads: {"stream_encode_20ms_onnxruntime", "stream_decode_20ms_onnxruntime"}."""
+    from codec.runtime.onnx_stream import OnnxStream
+
+    stream = OnnxStream(folder, threads=threads)
+    x, c = wav[0, 0].numpy(), codes[0].numpy()
+    hop = stream.hop
+
+    def encode() -> None:
+        stream.reset()
+        for i in range(0, len(x), hop):
+            stream.encode(x[i:i + hop])
+        stream.flush()
+
+    def decode() -> None:
+        stream.reset()
+        for i in range(c.shape[1]):
+            stream.decode(c[:, i:i + 1])
+        stream.flush_decoder()
+
+    return {"stream_encode_20ms_onnxruntime": timeit(encode, repeats, warmup) / seconds,
+            "stream_decode_20ms_onnxruntime": timeit(decode, repeats, warmup) / seconds}
 
 
 def stream_decode(model: Codec, codes: torch.Tensor, frames: int) -> torch.Tensor:
@@ -446,6 +491,9 @@ def _run(args: argparse.Namespace) -> dict:
     res["int8"] = int8
     res["native"] = native.load() is not None and unsupported(model.encoder, model.quantizer, "encoder") is None
     res["threads"] = {}
+    onnx_tmp = tempfile.TemporaryDirectory(prefix="bench-onnx-") if not args.no_onnx else None
+    onnx_dir = export_for_bench(model, onnx_tmp.name) if onnx_tmp is not None else None
+    res["onnxruntime"] = onnx_dir is not None
     for spec in args.threads.split(","):
         n = set_threads(spec)
         r: dict = {"threads": n}
@@ -478,6 +526,8 @@ def _run(args: argparse.Namespace) -> dict:
                     r[f"stream_decode_{ms}ms{precision}"] = timeit(
                         lambda c=ref, f=frames: stream_decode(model, c, f), rep, warm) / sec
             model.int8, model.native = False, True
+            if onnx_dir is not None:
+                r.update(onnx_stream_times(onnx_dir, wav, codes, n, rep, warm, sec))
             if enc is not None:
                 frames_e = enc.encode(ewav)
                 r["encodec_encode"] = timeit(lambda: enc.encode(ewav), rep, warm) / sec
@@ -538,6 +588,8 @@ def markdown(res: dict) -> str:
         label = names.get(k, k.replace("_", " "))
         if label.endswith(" int8"):
             label = label[: -len(" int8")] + ", int8 weights"
+        if label.endswith(" onnxruntime"):
+            label = label[: -len(" onnxruntime")] + ", onnxruntime (codec export)"
         if label.endswith(" pytorch"):
             label = label[: -len(" pytorch")] + ", PyTorch layers (engine off)"
         lines.append(f"| {label} | " + " | ".join(fmt(res["threads"][s].get(k)) for s in specs) + " |")
@@ -600,6 +652,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-int8", action="store_true", help="skip the int8-weight (Codec.int8) streaming rows")
+    p.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime streaming rows (codec export)")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--_memprobe", nargs=2, help=argparse.SUPPRESS)

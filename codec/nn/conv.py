@@ -125,7 +125,7 @@ class CausalConv1d(StreamingLayer):
         PyTorch's grouped-conv set-up (~25 us for one frame of 384 channels)."""
         conv = self.conv
         w = conv.weight.detach().to(x.dtype)[:, 0]  # [C, k]
-        windows = x.unfold(-1, self.kernel_span, self.stride)  # [B, C, n, span]
+        windows = x.unfold(x.dim() - 1, self.kernel_span, self.stride)  # [B, C, n, span] (positive dim: see CausalSTFT)
         if conv.dilation[0] != 1:
             windows = windows[..., :: conv.dilation[0]]
         # A multiply and a sum: for the few windows of a streamed chunk, ~3x faster than einsum's bmm set-up.

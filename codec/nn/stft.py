@@ -14,6 +14,7 @@ carries into the next one, the same structure as a causally trimmed transposed c
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,34 @@ def _window(n: int, like: Tensor) -> Tensor:
     if w is None:
         w = _WINDOWS[key] = torch.hann_window(n, periodic=True, dtype=like.dtype, device=like.device)
     return w
+
+
+_DFTS: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}
+
+
+def _dft_matrices(n: int, inverse: bool) -> tuple[Tensor, Tensor]:
+    """Real matrices of the n-point real DFT, float32, made once: forward (``inverse`` False)
+    (cos, -sin) [n, n / 2 + 1], so frames @ each = rfft's real and imaginary parts; inverse
+    (a, b) [n / 2 + 1, n], so re @ a + im @ b = irfft(re + i im, n) (the imaginary parts of the
+    DC and Nyquist bins ignored, as irfft does)."""
+    key = (n, inverse)
+    if key not in _DFTS:
+        bins = n // 2 + 1
+        angle = 2 * math.pi * torch.outer(torch.arange(n, dtype=torch.float64), torch.arange(bins, dtype=torch.float64)) / n
+        if not inverse:
+            _DFTS[key] = (torch.cos(angle).float(), (-torch.sin(angle)).float())
+        else:
+            weight = torch.full((bins, 1), 2.0 / n, dtype=torch.float64)
+            weight[0] = weight[-1] = 1.0 / n  # n even: bin n / 2 is the Nyquist bin, counted once
+            _DFTS[key] = ((torch.cos(angle).t() * weight).float(), (-torch.sin(angle).t() * weight).float())
+    return _DFTS[key]
+
+
+def exporting() -> bool:
+    """True while ``torch.onnx.export`` traces: the grids then compute their DFTs as matrix
+    products on real tensors (ONNX has no complex type, and its DFT operator is newer than
+    what most runtimes run), the same numbers up to float rounding."""
+    return torch.onnx.is_in_onnx_export()
 
 
 class _TokenGrid(StreamingLayer):
@@ -81,7 +110,14 @@ class CausalSTFT(_TokenGrid):
 
     def frame_features(self, frames: Tensor) -> Tensor:
         """Sub-frames float [B, U, window] (raw samples) -> features [B, U, 3 bins]."""
-        spec = torch.fft.rfft(frames * _window(self.window, frames), dim=-1)
+        windowed = frames * _window(self.window, frames)
+        if exporting():
+            cos, sin = _dft_matrices(self.window, inverse=False)
+            re, im = windowed @ cos, windowed @ sin
+            mag = torch.sqrt(re * re + im * im)
+            inv = 1.0 / mag.clamp_min(_EPS)
+            return torch.cat([torch.log(mag + _EPS), re * inv, im * inv], dim=-1)
+        spec = torch.fft.rfft(windowed, dim=-1)
         mag = spec.abs()
         unit = spec / mag.clamp_min(_EPS)
         return torch.cat([torch.log(mag + _EPS), unit.real, unit.imag], dim=-1)
@@ -102,7 +138,8 @@ class CausalSTFT(_TokenGrid):
                 return x.new_zeros(x.shape[0], 0, self.features)
             if self.subframes > 1:
                 x = x[:, : context + n * self.hop]
-        feats = self.frame_features(x.unfold(-1, self.window, h))  # [B, T / h, 3 bins]
+        # a positive dim: the ONNX exporter mis-places the window axis of a negative one
+        feats = self.frame_features(x.unfold(x.dim() - 1, self.window, h))  # [B, T / h, 3 bins]
         if self.subframes == 1:
             return feats
         return feats.reshape(feats.shape[0], -1, self.features)
@@ -148,18 +185,23 @@ class CausalISTFT(_TokenGrid):
 
     def spectra(self, x: Tensor) -> Tensor:
         """Head outputs float [B, F, outputs] -> the sub-frames' spectra, complex [B, F subframes, bins]."""
+        return torch.complex(*self.spectrum_parts(x))
+
+    def spectrum_parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Head outputs float [B, F, outputs] -> the real and imaginary parts of the sub-frames'
+        spectra, float [B, F subframes, bins] each."""
         per_bin = HEADS[self.head]
         x = x.reshape(x.shape[0], -1, per_bin * self.bins)
         if self.head == "logmag_phase":
             first, second = x.chunk(2, dim=-1)
             mag = torch.exp(first.clamp(max=LOG_MAGNITUDE_MAX))
-            return torch.complex(mag * torch.cos(second), mag * torch.sin(second))
+            return mag * torch.cos(second), mag * torch.sin(second)
         if self.head == "complex":
             first, second = x.chunk(2, dim=-1)
-            return torch.complex(first, second)
+            return first, second
         logmag, re, im = x.chunk(3, dim=-1)
         scale = torch.exp(logmag.clamp(max=LOG_MAGNITUDE_MAX)) * torch.rsqrt(re.square() + im.square() + _EPS**2)
-        return torch.complex(re * scale, im * scale)
+        return re * scale, im * scale
 
     def target_spectra(self, wav: Tensor) -> Tensor:
         """Audio float [B, 1, T] (T a multiple of hop) -> complex [B, T / sub hop, bins]: the
@@ -187,7 +229,12 @@ class CausalISTFT(_TokenGrid):
         """Head outputs [B, F, outputs] -> audio [B, 1, F hop] (``spectra``: the sub-frames'
         spectra when the caller has them already, ``self.spectra(x)``)."""
         h = self.sub_hop
-        frames = self.synthesis_frames(self.spectra(x) if spectra is None else spectra)  # [B, U, window]
+        if exporting() and spectra is None:
+            a, b_ = _dft_matrices(self.window, inverse=True)
+            re, im = self.spectrum_parts(x)
+            frames = (re @ a + im @ b_) * _window(self.window, re)
+        else:
+            frames = self.synthesis_frames(self.spectra(x) if spectra is None else spectra)  # [B, U, window]
         b, u, _ = frames.shape
         k = self.window // h  # sub-blocks a frame spans
         if k == 2 and not self.delay:

@@ -98,7 +98,10 @@ def _nearest32(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor]
     # them) go to the same index whatever the rounding of this batch shape. In place and a
     # bool -> uint8 view: a streamed frame runs this 12 times, and each op costs ~5 us.
     threshold = best.abs().mul_(_TIE32).add_(best)
-    return (dist <= threshold).view(torch.uint8).argmax(dim=1)
+    ties = dist <= threshold
+    if torch.onnx.is_in_onnx_export():  # ONNX has no dtype view; a cast gives the same indices
+        return ties.to(torch.uint8).argmax(dim=1)
+    return ties.view(torch.uint8).argmax(dim=1)
 
 
 def nearest_cosine(x: Tensor, unit_codebook: Tensor) -> Tensor:

@@ -60,6 +60,7 @@ class TrainConfig:
     keep_last: int = 3  # complete checkpoints kept
     pesq_utterances: int = 4  # validation utterances scored with PESQ (0: none)
     seed: int = 0
+    init_from: str | None = None  # a saved model (directory or shipped name) a fresh run starts from
     out_dir: str | None = None  # None: exp/<recipe name>
     mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or no / bf16 / fp16
 

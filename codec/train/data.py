@@ -177,13 +177,6 @@ def augment(x: np.ndarray, rng: np.random.Generator, rate: int, gain_db: tuple[f
     if peak > 0.99:
         x = x * np.float32(0.99 / peak)
     return x
-    lo, hi = gain_db
-    if hi > lo or lo != 0:
-        x = x * np.float32(10.0 ** (rng.uniform(lo, hi) / 20.0))
-    peak = float(np.abs(x).max()) if len(x) else 0.0
-    if peak > 0.99:
-        x = x * np.float32(0.99 / peak)
-    return x
 
 
 class CropBatches(Dataset):

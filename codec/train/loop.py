@@ -144,6 +144,28 @@ def _make_trackers() -> list[str]:
     return ["tensorboard"]
 
 
+def initialise_from(codec: Codec, source: str) -> list[str]:
+    """Copy a saved model's weights (``Codec.from_pretrained``: a directory or a shipped name)
+    into ``codec``, a fresh run's model: the encoder and decoder, and the quantizer stack too
+    when its configuration is the same (else the stack starts fresh, for a run that trains
+    another quantizer on a trained encoder and decoder). Returns the parts copied. ConfigError
+    if the source cannot be loaded or its encoder / decoder configuration differs."""
+    try:
+        src = Codec.from_pretrained(source)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"train.init_from: {exc}") from None
+    ours, theirs = dict(codec.config), dict(src.config)
+    same_quantizer = ours.pop("quantizer") == theirs.pop("quantizer")
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if differ:
+        raise ConfigError(f"train.init_from {source}: its model differs from the recipe's in "
+                          + ", ".join(f"{k} ({theirs.get(k)!r} vs {ours.get(k)!r})" for k in differ[:3]))
+    parts = ["encoder", "decoder", *(["quantizer"] if same_quantizer else [])]
+    for part in parts:
+        getattr(codec, part).load_state_dict(getattr(src, part).state_dict())
+    return parts
+
+
 def setup(recipe: str | Path, overrides: list[str] | None, out_dir: str | Path | None, resume: bool) -> Run:
     """Read the recipe, check the data, build the model, optimizer and schedule, and resume
     from the newest complete checkpoint when asked. Raises ConfigError / DataError before
@@ -182,6 +204,10 @@ def setup(recipe: str | Path, overrides: list[str] | None, out_dir: str | Path |
         codec = Codec(model_cfg)
     except (TypeError, ValueError) as exc:  # e.g. an unknown quantizer kind or option in the recipe
         raise ConfigError(f"recipe {recipe}: cannot build the model: {exc}") from None
+    if cfg.init_from and not (resume and latest is not None):
+        parts = initialise_from(codec, cfg.init_from)
+        if main:
+            print(f"codec: starting from the {' and '.join(parts)} of {cfg.init_from}", file=sys.stderr)
     module = TrainStep(codec)
     optimizer, scheduler = build_optimizer(module, cfg)
     module, optimizer = accelerator.prepare(module, optimizer)

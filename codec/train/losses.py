@@ -1,6 +1,6 @@
 """The training loss, composed in one place: named terms (auraloss multi-resolution STFT, a
 multi-scale log-mel L1 (DAC-style: several window sizes, fewer mel bands for short windows), and
-optional waveform L1, power-law compressed complex-spectrum and SI-SDR terms, and the quantizer
+optional waveform L1, power-law compressed complex-spectrum, SI-SDR, DC and level terms, and the quantizer
 stack's auxiliary loss), one dict of weights over them
 (``LossConfig``, the recipe's ``train.loss``), and ``CodecLoss``, which the training loop,
 validation and the benchmark use alike. Audio terms are computed in float32 whatever the
@@ -132,11 +132,28 @@ def si_sdr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     return -(10.0 * torch.log10(ratio + eps)).mean()
 
 
+def dc_error(pred: Tensor, target: Tensor) -> Tensor:
+    """|mean(pred) - mean(target)| per item (the DC offset the codec adds), averaged over the
+    batch: float [B, 1, T] each -> scalar, in full-scale units."""
+    return (pred.flatten(1).float().mean(1) - target.flatten(1).float().mean(1)).abs().mean()
+
+
+def level_error(pred: Tensor, target: Tensor, floor: float = 1e-4) -> Tensor:
+    """|ln rms(pred) - ln rms(target)| per item, averaged over the batch: float [B, 1, T] each
+    -> scalar in nepers (1 dB = 0.115). The RMS is floored at ``floor`` (-80 dBFS) so a silent
+    crop cannot dominate. Unlike the spectral distances, which average over bins, it charges a
+    tone decoded as silence as much as speech decoded as silence."""
+    def log_rms(x: Tensor) -> Tensor:
+        return 0.5 * torch.log(x.flatten(1).float().square().mean(1).clamp_min(floor * floor))
+    return (log_rms(pred) - log_rms(target)).abs().mean()
+
+
 #: The named terms of the training loss, in the order logs list them. "quantizer" is the
 #: stack's own auxiliary loss (commitment, codebook); "spectrum" and "phase" compare the
 #: decoder's own synthesis spectra with those that rebuild the target, "consistency" with
 #: the synthesised waveform's re-analysis (STFT-head decoders); the others compare audio.
-TERM_NAMES = ("stft", "mel", "l1", "complex", "spectrum", "phase", "consistency", "sisdr", "quantizer")
+TERM_NAMES = ("stft", "mel", "l1", "complex", "spectrum", "phase", "consistency", "sisdr", "dc", "level",
+              "quantizer")
 #: The terms that read the decoder's own synthesis spectra (CodecOutput.spectra).
 SPECTRA_TERMS = ("spectrum", "phase", "consistency")
 
@@ -154,6 +171,8 @@ class LossConfig:
     phase: float = 0.0  # anti-wrapping phase losses on the synthesis spectra (phase_loss)
     consistency: float = 0.0  # STFT consistency: synthesis spectra vs their waveform's re-analysis (MSE)
     sisdr: float = 0.0  # negative SI-SDR in dB
+    dc: float = 0.0  # |DC offset out - DC offset in| per crop (dc_error)
+    level: float = 0.0  # |log RMS out - log RMS in| per crop, in nepers (level_error)
     quantizer: float = 1.0  # the quantizer stack's auxiliary losses
     mel_windows: list = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])  # samples
     n_mels: list = field(default_factory=lambda: [5, 10, 20, 40, 80, 80, 80])  # per window
@@ -234,6 +253,10 @@ class CodecLoss(nn.Module):
                     parts["consistency"] = (predicted - spectra.reanalysed().to(torch.complex64)).abs().square().mean()
             if self.weights["sisdr"]:
                 parts["sisdr"] = si_sdr_loss(pred, target)
+            if self.weights["dc"]:
+                parts["dc"] = dc_error(pred, target)
+            if self.weights["level"]:
+                parts["level"] = level_error(pred, target)
             if quantizer_loss is not None:
                 parts["quantizer"] = quantizer_loss.float()
             total = sum((self.weights[k] * v for k, v in parts.items()), pred.new_zeros(()))

@@ -105,6 +105,17 @@ class EMAQuantizer(Quantizer):
         self.initialized.fill_(True)
 
     @torch.no_grad()
+    def _neutral_stats(self, mask: Tensor) -> None:
+        """Statistics for a trained codebook loaded without them (``save_pretrained(
+        training_state=False)`` leaves N and m out, so they load as zeros, which would restart
+        every code): every code gets the mean count of this step's active rows, N = rows / K,
+        and m = e * N, so training goes on from the loaded codewords and the codes it no longer
+        uses fall below the threshold within a few hundred steps, as in a run never saved."""
+        rows = all_reduce_sum(mask.float().sum())
+        self.cluster_size.fill_(float(rows) / self.codebook_size)
+        self.embed_sum.copy_(self.embed * self.cluster_size[:, None])
+
+    @torch.no_grad()
     def _batch_stats(self, x: Tensor, mask: Tensor | None,
                      codes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Counts n [K] and sums s [K, d] of the active rows per code, summed over ranks."""
@@ -152,6 +163,8 @@ class EMAQuantizer(Quantizer):
             return self.eval_output(x)
         if not bool(self.initialized):
             self._kmeans_init(x, mask)
+        elif not bool(self.cluster_size.any()):
+            self._neutral_stats(mask if mask is not None else x.new_ones(x.shape[0], dtype=torch.bool))
         codes = self.search(x, self.embed)
         c = self.embed[codes].to(x.dtype)
         loss = self.commitment * masked_mean((x - c).pow(2), mask)

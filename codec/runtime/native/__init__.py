@@ -1,93 +1,66 @@
-"""Native (C) kernels, compiled on first use with the machine's C compiler and loaded with ctypes.
+"""Native (C) kernels, compiled when the package is installed (setup.py) and loaded with ctypes.
 
 The only one so far is the frame engine (``frame_engine.c``, wrapped by ``engine.py``): a
-streamed frame of the ConvNeXt codec in one call. The shared library is built once per source
-version, compiler and CPU into ``$CODEC_CACHE_DIR`` (default ``~/.cache/rvq-codec``; about a
-second with gcc -O3) and reused after. No compiler, a failed build or ``CODEC_NATIVE=0`` in
-the environment: ``load()`` returns None and the codec runs its PyTorch path, same results.
+streamed frame of the ConvNeXt codec in one call. Installing builds it twice, as the
+extension files ``_frame_engine_avx2`` (AVX2 + FMA loops; x86-64) and ``_frame_engine_base``
+(plain C, any CPU); ``load()`` opens the one this CPU runs. Why a C engine and not
+onnxruntime: on one thread it streams 20 ms frames about twice as fast as onnxruntime runs the
+same model's ONNX export (``codec export``; README, Performance). Not built (no compiler at
+install time), or ``CODEC_NATIVE=0`` in the environment: ``load()`` returns None and streams
+run in the PyTorch layers, same results up to float rounding. ``CODEC_NATIVE=base`` picks
+the plain-C build on any CPU.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
+import importlib.util
 import os
 import platform
-import shutil
-import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("frame_engine.c")
-#: -O3 and the build machine's instruction set (AVX2 + FMA where there is one); the float
-#: arithmetic stays IEEE (no -ffast-math), so the kernels round as written.
-FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno"]
-#: The same without -march=native: baseline x86-64 / the compiler's default target, i.e. the
-#: plain-C loops of frame_engine.c instead of its AVX2 ones (``build(portable=True)``).
-PORTABLE_FLAGS = [f for f in FLAGS if f != "-march=native"]
+#: The builds setup.py makes, most capable first.
+VARIANTS = ("avx2", "base")
 
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
 
 
-def cache_dir() -> Path:
-    """Where built libraries are kept: ``$CODEC_CACHE_DIR`` or ``~/.cache/rvq-codec``, + /native."""
-    root = os.environ.get("CODEC_CACHE_DIR") or Path.home() / ".cache" / "rvq-codec"
-    return Path(root) / "native"
+def setting() -> str:
+    """``CODEC_NATIVE`` from the environment, lower case: "1" (default: the best build this CPU
+    runs), "0" / "false" / "no" / "off" (engine off) or "base" (the plain-C build)."""
+    return os.environ.get("CODEC_NATIVE", "1").strip().lower()
 
 
 def enabled() -> bool:
     """False when ``CODEC_NATIVE`` is set to 0 / false / no / off in the environment."""
-    return os.environ.get("CODEC_NATIVE", "1").strip().lower() not in {"0", "false", "no", "off"}
+    return setting() not in {"0", "false", "no", "off"}
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _cpu_signature() -> str:
-    """The CPU's feature flags (Linux), so a cache shared between machines never hands one a
-    library built for another's instruction set."""
+def cpu_runs_avx2() -> bool:
+    """Whether this CPU has AVX2 and FMA (x86-64 Linux: /proc/cpuinfo's flags; elsewhere no)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return line
+                flags = set(line.split(":", 1)[1].split())
+                return {"avx2", "fma"} <= flags
     except OSError:
         pass
-    return platform.processor()
+    return False
 
 
-def build(force: bool = False, portable: bool = False) -> Path:
-    """Compile ``frame_engine.c`` (if not cached) and return the library's path; ``portable``:
-    without -march=native (the plain-C fallback loops). Raises RuntimeError with the
-    compiler's message when there is no compiler or it fails."""
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    flags = PORTABLE_FLAGS if portable else FLAGS
-    version = subprocess.run([cc, "--version"], check=False, capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(flags), platform.machine(),
-                                    _cpu_signature()]).encode()).hexdigest()[:16]
-    out = cache_dir() / f"frame_engine-{key}.so"
-    if out.is_file() and not force:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent builds (parallel tests) never see half a file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        res = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], check=False, capture_output=True,
-                             text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"{cc} failed on {SOURCE.name}: {res.stderr.strip()[:2000]}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+def library_path(variant: str) -> Path | None:
+    """The installed build ``variant`` (VARIANTS), or None when it was not built."""
+    spec = importlib.util.find_spec(f"{__name__}._frame_engine_{variant}")
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def chosen_variant() -> str:
+    """The build ``load()`` opens: "avx2" where the CPU runs it, else "base" (or as
+    ``CODEC_NATIVE=base`` says)."""
+    return "avx2" if setting() != "base" and cpu_runs_avx2() else "base"
 
 
 def open_library(path: str | Path) -> ctypes.CDLL:
@@ -106,16 +79,22 @@ def open_library(path: str | Path) -> ctypes.CDLL:
 
 
 def load() -> ctypes.CDLL | None:
-    """The frame-engine library (built on first use), or None when disabled or unbuildable
-    (a warning says why, once per process)."""
+    """The frame-engine library this CPU runs, or None when disabled or not built (a warning
+    says why, once per process)."""
     global _LIB, _TRIED
     if not enabled():
         return None
     if not _TRIED:
         _TRIED = True
+        variant = chosen_variant()
+        path = library_path(variant)
+        if path is None:
+            warnings.warn(f"native frame engine not built (no _frame_engine_{variant} in {Path(__file__).parent}: "
+                          "reinstall the package with a C compiler), streaming runs in PyTorch", stacklevel=2)
+            return None
         try:
-            _LIB = open_library(build())
-        except (OSError, RuntimeError) as exc:
+            _LIB = open_library(path)
+        except OSError as exc:
             warnings.warn(f"native frame engine unavailable, streaming runs in PyTorch: {exc}", stacklevel=2)
             return None
     return _LIB
