@@ -6,13 +6,17 @@ ctypes. No machine-specific flags (-march=native): an installed tree moved to an
 the same architecture still runs. Without a working C compiler the install still succeeds,
 with a warning, and streams run in the PyTorch layers.
 """
+import hashlib
 import platform
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCES = ["codec/runtime/native/frame_engine.c", "codec/runtime/native/module.c"]
+NATIVE = Path("codec/runtime/native")
+#: Recorded in each build (codec_source_hash()): the loader refuses a library built from another source.
+SOURCE_HASH = hashlib.sha256((NATIVE / "frame_engine.c").read_bytes()).hexdigest()
 #: IEEE float arithmetic as written (no -ffast-math), so the kernels round as the PyTorch path.
 FLAGS = ["-O3", "-fno-math-errno"]
 VARIANTS = {"base": []}
@@ -21,7 +25,7 @@ if platform.machine().lower() in ("x86_64", "amd64"):
 
 
 class OptionalBuildExt(build_ext):
-    """A failed compile is a warning, not a failed install."""
+    """A failed compile is a warning, not a failed install (the extensions are optional)."""
 
     def build_extension(self, ext: Extension) -> None:
         try:
@@ -31,9 +35,13 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension(f"codec.runtime.native._frame_engine_{name}", SOURCES,
-                           define_macros=[("CODEC_MODULE", f"_frame_engine_{name}")],
-                           extra_compile_args=FLAGS + extra, libraries=["m"])
+    # One source file per build (build_<variant>.c includes the engine), so that the builds
+    # never share an object file, parallel builds included.
+    ext_modules=[Extension(f"codec.runtime.native._frame_engine_{name}", [str(NATIVE / f"build_{name}.c")],
+                           define_macros=[("CODEC_MODULE", f"_frame_engine_{name}"),
+                                          ("CODEC_SOURCE_HASH", f'"{SOURCE_HASH}"')],
+                           extra_compile_args=FLAGS + extra, libraries=["m"], optional=True,
+                           depends=[str(NATIVE / "frame_engine.c"), str(NATIVE / "module.c")])
                  for name, extra in VARIANTS.items()],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -16,6 +16,7 @@ from codec import Codec
 from codec.cli import main
 from codec.runtime.export import MANIFEST_FILE, ExportError, export_onnx
 
+pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from codec.runtime.onnx_stream import OnnxStream
 
@@ -41,11 +42,16 @@ def onnx_stream(stream: OnnxStream, x: np.ndarray, codes: np.ndarray, chunk: int
     return got, audio
 
 
-@pytest.mark.parametrize("grid", ["default", "chosen"])
+GRIDS = {"default": {}, "chosen": CHOSEN, "one frame, delayed": {"synthesis_delay": True},
+         "four sub-frames, no delay": {"subframes": 4, "stft_window": 320, "head": "complex"}}
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
 def test_onnxruntime_streams_the_pytorch_streams_codes_and_audio(grid: str, tmp_path: Path) -> None:
-    """Both synthesis grids (one frame per token at 50% overlap; four sub-frames with a
-    synthesis delay), chunks that do not line up with frames, and the decoder's flush."""
-    model = warmed("ema", **(CHOSEN if grid == "chosen" else {}))
+    """Every synthesis grid (one frame per token at 50% overlap, with and without a synthesis
+    delay; four sub-frames, with and without), chunks that do not line up with frames, and
+    the decoder's flush."""
+    model = warmed("ema", **GRIDS[grid])
     manifest = export_onnx(model, tmp_path)
     assert manifest["latency_samples"] == model.latency and manifest["n_q"] == model.num_stages
     wav = speech(1.5, index=1)
@@ -85,9 +91,12 @@ def test_fewer_stages_export_codes_a_lower_bitrate(tmp_path: Path) -> None:
     assert manifest["n_q"] == 2 and manifest["codebook_sizes"] == model.codebook_sizes[:2]
     wav = speech(1.0, index=2)
     with torch.no_grad():
-        offline = model.encode(wav, 2)[0].numpy()
-    got, _ = onnx_stream(OnnxStream(tmp_path), wav[0, 0].numpy(), offline)
+        codes = model.encode(wav, 2)
+        audio = model.decode(codes)[0, 0].numpy()
+    offline = codes[0].numpy()
+    got, decoded = onnx_stream(OnnxStream(tmp_path), wav[0, 0].numpy(), offline)
     assert got.shape == offline.shape and (got == offline).mean() >= 0.99
+    assert decoded.shape == audio.shape and np.abs(decoded - audio).max() < 1e-4
 
 
 def test_export_refuses_what_it_cannot_write(tmp_path: Path, capsys) -> None:
@@ -107,3 +116,24 @@ def test_export_refuses_what_it_cannot_write(tmp_path: Path, capsys) -> None:
         assert len(err) == 1 and words in err[0] and err[0].startswith("codec: error:"), err
     assert (busy / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "x").exists() and not any(p.name.startswith(".codec-export") for p in tmp_path.iterdir())
+
+
+def test_export_force_replaces_a_folder_whole_and_never_the_current_one(tmp_path: Path, monkeypatch, capsys) -> None:
+    model_dir = tmp_path / "model"
+    warmed("ema").save_pretrained(model_dir)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    assert main(["export", str(model_dir), str(out), "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["codec.json", "decoder_step.onnx", "encoder_step.onnx"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".codec-export")]
+    capsys.readouterr()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for target in (".", str(tmp_path), str(model_dir)):
+        assert main(["export", str(model_dir), target, "--force"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "will not replace" in err[0], err
+    assert (work / "mine.txt").read_text() == "mine" and (model_dir / "config.json").is_file()

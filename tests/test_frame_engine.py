@@ -320,6 +320,7 @@ def test_batches_and_unsupported_models_take_the_pytorch_path() -> None:
         assert seanet.stream_runner.engine("encoder") is None
 
 
+@pytest.mark.skipif(native.chosen_variant() != "avx2", reason="this CPU runs the plain-C build only")
 def test_portable_build_matches_the_native_one(shipped: Codec) -> None:
     """The plain-C loops (the `base` build, without AVX2) compute the same thing as the vector
     ones: codes equal up to near-ties, audio to float rounding (they differ in FMA
@@ -335,21 +336,3 @@ def test_portable_build_matches_the_native_one(shipped: Codec) -> None:
     b = torch.cat([dec_p.decode(codes[..., t : t + 3]) for t in range(0, codes.shape[-1], 3)], -1)
     assert a.abs().max().item() > 0.05
     assert (a - b).abs().max().item() <= 1e-4
-
-
-def test_installed_builds_and_switch(monkeypatch) -> None:
-    """Installing builds both variants (on x86-64); the CPU picks one, CODEC_NATIVE=base the
-    plain one, CODEC_NATIVE=0 none; a missing build is a warning and the PyTorch path."""
-    assert native.library_path("base") is not None
-    if native.cpu_runs_avx2():
-        assert native.library_path("avx2") is not None and native.chosen_variant() == "avx2"
-    monkeypatch.setenv("CODEC_NATIVE", "base")
-    assert native.chosen_variant() == "base"
-    monkeypatch.setenv("CODEC_NATIVE", "0")
-    assert native.load() is None
-    monkeypatch.setenv("CODEC_NATIVE", "1")
-    monkeypatch.setattr(native, "_TRIED", False)
-    monkeypatch.setattr(native, "_LIB", None)
-    monkeypatch.setattr(native, "library_path", lambda variant: None)
-    with pytest.warns(UserWarning, match="not built"):
-        assert native.load() is None

@@ -39,13 +39,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _check_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool, model_dir: Path | None = None) -> None:
+    """CLIError unless ``out`` may be written: new, or an empty folder, or any folder with
+    ``force``, but never the current folder or one above it, nor the model's folder or one
+    above it (``model_dir``, once known)."""
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise CLIError(f"{out}: exists and is not empty (pass --force to replace it)")
-    if not out.resolve().parent.is_dir():
-        raise CLIError(f"{out}: the folder {out.resolve().parent} does not exist")
+    target = out.resolve()
+    kept = [Path.cwd().resolve()] + ([model_dir.resolve()] if model_dir is not None else [])
+    if out.is_dir() and any(target == k or target in k.parents for k in kept):
+        raise CLIError(f"{out}: will not replace the current folder, a folder above it or the model's")
+    if not target.parent.is_dir():
+        raise CLIError(f"{out}: the folder {target.parent} does not exist")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def run(args: argparse.Namespace) -> None:
@@ -53,9 +66,10 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     _check_out(out, args.force)
     try:
-        model, _ = load_model(args.model)
+        model, model_dir = load_model(args.model)
     except CLIError as e:  # MODEL is positional here, not --model
         raise CLIError(str(e).removeprefix("--model ")) from None
+    _check_out(out, args.force, model_dir)
     if args.stages is not None and args.stages > model.num_stages:
         raise CLIError(f"--stages {args.stages}: the model has {model.num_stages} stages")
     try:
@@ -64,17 +78,27 @@ def run(args: argparse.Namespace) -> None:
         raise CLIError("export needs the onnx package: pip install onnx onnxruntime") from None
     from codec.runtime.export import ExportError, export_onnx
 
-    tmp = Path(tempfile.mkdtemp(prefix=".codec-export-", dir=out.resolve().parent))
+    parent = out.resolve().parent
+    tmp = Path(tempfile.mkdtemp(prefix=".codec-export-", dir=parent))
+    old = None
     try:
         try:
             manifest = export_onnx(model, tmp, args.stages)
         except ExportError as e:
             raise CLIError(f"{args.model}: {e}") from None
-        if out.exists():
-            shutil.rmtree(out)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private; OUT gets the usual mode
+        if out.exists():  # replaced by renames only: OUT is whole at every moment
+            old = Path(tempfile.mkdtemp(prefix=".codec-export-old-", dir=parent))
+            os.rename(out, old / "out")
         os.rename(tmp, out)
+    except BaseException:
+        if old is not None and (old / "out").exists() and not out.exists():
+            os.rename(old / "out", out)  # put the user's folder back
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     note(f"wrote {out}: {manifest['encoder']['file']}, {manifest['decoder']['file']}, codec.json "
          f"({manifest['n_q']} stages, {manifest['bitrate'] / 1000:g} kbps, latency "
          f"{1000 * manifest['latency_samples'] / manifest['sample_rate']:g} ms)")

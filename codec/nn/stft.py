@@ -57,7 +57,9 @@ def _dft_matrices(n: int, inverse: bool) -> tuple[Tensor, Tensor]:
             _DFTS[key] = (torch.cos(angle).float(), (-torch.sin(angle)).float())
         else:
             weight = torch.full((bins, 1), 2.0 / n, dtype=torch.float64)
-            weight[0] = weight[-1] = 1.0 / n  # n even: bin n / 2 is the Nyquist bin, counted once
+            weight[0] = 1.0 / n
+            if n % 2 == 0:
+                weight[-1] = 1.0 / n  # bin n / 2 is the Nyquist bin, counted once
             _DFTS[key] = ((torch.cos(angle).t() * weight).float(), (-torch.sin(angle).t() * weight).float())
     return _DFTS[key]
 

@@ -21,6 +21,7 @@ samples before sample 0 at the start of its output, and leaves the last ones in 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import warnings
@@ -98,7 +99,9 @@ def export_onnx(codec: nn.Module, out_dir: str | Path, n_q: int | None = None) -
     (all by default) and their manifest into ``out_dir`` (created; existing files of these
     names are replaced). Returns the manifest (what codec.json holds). ExportError for an
     architecture without a per-frame step (the SEANet convolutions stream at other chunk
-    sizes than one frame)."""
+    sizes than one frame) or a torch older than 2.5."""
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        raise ExportError(f"ONNX export needs torch 2.5 or newer (this is {torch.__version__})")
     if not hasattr(codec.decoder, "istft"):
         raise ExportError("ONNX export covers the frame-rate architecture (convnext), not "
                           f"{codec.config.get('architecture')}")

@@ -140,11 +140,12 @@ def dc_error(pred: Tensor, target: Tensor) -> Tensor:
 
 def level_error(pred: Tensor, target: Tensor, floor: float = 1e-4) -> Tensor:
     """|ln rms(pred) - ln rms(target)| per item, averaged over the batch: float [B, 1, T] each
-    -> scalar in nepers (1 dB = 0.115). The RMS is floored at ``floor`` (-80 dBFS) so a silent
-    crop cannot dominate. Unlike the spectral distances, which average over bins, it charges a
-    tone decoded as silence as much as speech decoded as silence."""
+    -> scalar in nepers (1 dB = 0.115). ``floor`` (-80 dBFS) is added to the mean square
+    (ln sqrt(ms + floor^2)), so a silent crop cannot dominate and a silent output still has a
+    gradient. Unlike the spectral distances, which average over bins, it charges a tone
+    decoded as silence as much as speech decoded as silence."""
     def log_rms(x: Tensor) -> Tensor:
-        return 0.5 * torch.log(x.flatten(1).float().square().mean(1).clamp_min(floor * floor))
+        return 0.5 * torch.log(x.flatten(1).float().square().mean(1) + floor * floor)
     return (log_rms(pred) - log_rms(target)).abs().mean()
 
 

@@ -13,6 +13,7 @@ the plain-C build on any CPU.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.util
 import os
 import platform
@@ -21,6 +22,7 @@ from pathlib import Path
 
 #: The builds setup.py makes, most capable first.
 VARIANTS = ("avx2", "base")
+SOURCE = Path(__file__).with_name("frame_engine.c")
 
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
@@ -57,10 +59,21 @@ def library_path(variant: str) -> Path | None:
     return Path(spec.origin) if spec is not None and spec.origin else None
 
 
-def chosen_variant() -> str:
-    """The build ``load()`` opens: "avx2" where the CPU runs it, else "base" (or as
-    ``CODEC_NATIVE=base`` says)."""
-    return "avx2" if setting() != "base" and cpu_runs_avx2() else "base"
+def usable_variants() -> list[str]:
+    """The builds this CPU runs, most capable first ("base" always; ``CODEC_NATIVE=base``:
+    only it)."""
+    return ["avx2", "base"] if setting() != "base" and cpu_runs_avx2() else ["base"]
+
+
+def chosen_variant() -> str | None:
+    """The build ``load()`` opens: the most capable one that is installed and that this CPU
+    runs, or None when none is installed."""
+    return next((v for v in usable_variants() if library_path(v) is not None), None)
+
+
+def source_hash() -> str:
+    """The sha256 (hex) of the installed frame_engine.c, which each build records."""
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
 
 
 def open_library(path: str | Path) -> ctypes.CDLL:
@@ -75,26 +88,33 @@ def open_library(path: str | Path) -> ctypes.CDLL:
                                  ctypes.c_int]
     lib.codec_group_frames.restype = ctypes.c_int
     lib.codec_group_frames.argtypes = []
+    lib.codec_source_hash.restype = ctypes.c_char_p
+    lib.codec_source_hash.argtypes = []
     return lib
 
 
 def load() -> ctypes.CDLL | None:
-    """The frame-engine library this CPU runs, or None when disabled or not built (a warning
-    says why, once per process)."""
+    """The frame-engine library this CPU runs, or None when disabled, not built, or built from
+    another frame_engine.c than the installed one (a source changed since the install: a
+    warning says to reinstall; once per process)."""
     global _LIB, _TRIED
     if not enabled():
         return None
     if not _TRIED:
         _TRIED = True
         variant = chosen_variant()
-        path = library_path(variant)
-        if path is None:
-            warnings.warn(f"native frame engine not built (no _frame_engine_{variant} in {Path(__file__).parent}: "
+        if variant is None:
+            warnings.warn(f"native frame engine not built (no _frame_engine_* library in {SOURCE.parent}: "
                           "reinstall the package with a C compiler), streaming runs in PyTorch", stacklevel=2)
             return None
         try:
-            _LIB = open_library(path)
-        except OSError as exc:
+            lib = open_library(library_path(variant))
+        except (OSError, AttributeError) as exc:
             warnings.warn(f"native frame engine unavailable, streaming runs in PyTorch: {exc}", stacklevel=2)
             return None
+        if lib.codec_source_hash().decode() != source_hash():
+            warnings.warn("native frame engine built from an older frame_engine.c (reinstall the package: "
+                          "pip install -e .), streaming runs in PyTorch", stacklevel=2)
+            return None
+        _LIB = lib
     return _LIB
