@@ -354,3 +354,18 @@ def test_fine_grid_file_decode_in_blocks_equals_the_whole() -> None:
     blocks = np.concatenate(list(decode_blocks(model, parsed, block_frames=7)))
     assert blocks.shape == whole.shape == wav.shape
     assert np.abs(blocks - whole).max() <= 1e-5
+
+
+def test_a_model_trains_after_an_evaluation_under_inference_mode() -> None:
+    """The synthesis window is cached at its first use; made under torch.inference_mode (an
+    evaluation first, as tools do) it must still be a tensor autograd can save."""
+    from codec.nn import stft
+
+    stft._WINDOWS.clear()
+    model = tiny_convnext("ema", **CHOSEN)
+    with torch.inference_mode():
+        model.decode(model.encode(speech(0.5)))
+    model.train()
+    out = model(speech(0.5), quantize=False, spectra=True)
+    out.audio.square().mean().backward()
+    assert model.decoder.head.weight.grad is not None and float(model.decoder.head.weight.grad.abs().sum()) > 0

@@ -37,7 +37,10 @@ def _window(n: int, like: Tensor) -> Tensor:
     key = (n, like.dtype, like.device)
     w = _WINDOWS.get(key)
     if w is None:
-        w = _WINDOWS[key] = torch.hann_window(n, periodic=True, dtype=like.dtype, device=like.device)
+        # never an inference tensor, or a first call under torch.inference_mode (an evaluation)
+        # would leave a window that autograd cannot save for a later training step
+        with torch.inference_mode(False):
+            w = _WINDOWS[key] = torch.hann_window(n, periodic=True, dtype=like.dtype, device=like.device)
     return w
 
 
@@ -51,17 +54,22 @@ def _dft_matrices(n: int, inverse: bool) -> tuple[Tensor, Tensor]:
     DC and Nyquist bins ignored, as irfft does)."""
     key = (n, inverse)
     if key not in _DFTS:
-        bins = n // 2 + 1
-        angle = 2 * math.pi * torch.outer(torch.arange(n, dtype=torch.float64), torch.arange(bins, dtype=torch.float64)) / n
-        if not inverse:
-            _DFTS[key] = (torch.cos(angle).float(), (-torch.sin(angle)).float())
-        else:
-            weight = torch.full((bins, 1), 2.0 / n, dtype=torch.float64)
-            weight[0] = 1.0 / n
-            if n % 2 == 0:
-                weight[-1] = 1.0 / n  # bin n / 2 is the Nyquist bin, counted once
-            _DFTS[key] = ((torch.cos(angle).t() * weight).float(), (-torch.sin(angle).t() * weight).float())
+        with torch.inference_mode(False):  # as _window: a normal tensor wherever it is first made
+            _DFTS[key] = _make_dft(n, inverse)
     return _DFTS[key]
+
+
+def _make_dft(n: int, inverse: bool) -> tuple[Tensor, Tensor]:
+    """``_dft_matrices``' two matrices, computed in float64 and returned in float32."""
+    bins = n // 2 + 1
+    angle = 2 * math.pi * torch.outer(torch.arange(n, dtype=torch.float64), torch.arange(bins, dtype=torch.float64)) / n
+    if not inverse:
+        return torch.cos(angle).float(), (-torch.sin(angle)).float()
+    weight = torch.full((bins, 1), 2.0 / n, dtype=torch.float64)
+    weight[0] = 1.0 / n
+    if n % 2 == 0:
+        weight[-1] = 1.0 / n  # bin n / 2 is the Nyquist bin, counted once
+    return (torch.cos(angle).t() * weight).float(), (-torch.sin(angle).t() * weight).float()
 
 
 def exporting() -> bool:
