@@ -101,7 +101,7 @@ def export_onnx(codec: nn.Module, out_dir: str | Path, n_q: int | None = None) -
     architecture without a per-frame step (the SEANet convolutions stream at other chunk
     sizes than one frame) or a torch older than 2.5."""
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
-        raise ExportError(f"ONNX export needs torch 2.5 or newer (this is {torch.__version__})")
+        raise ExportError(f"ONNX export needs torch 2.5 or newer (this is {torch.version.__version__})")
     if not hasattr(codec.decoder, "istft"):
         raise ExportError("ONNX export covers the frame-rate architecture (convnext), not "
                           f"{codec.config.get('architecture')}")
