@@ -257,6 +257,12 @@ def test_init_from_copies_a_saved_model_into_a_fresh_run(tmp_path: Path) -> None
     assert torch.equal(other.encoder.state_dict()[next(iter(src.encoder.state_dict()))],
                        next(iter(src.encoder.state_dict().values())))
     assert all(torch.equal(v, fresh[k]) for k, v in other.quantizer.state_dict().items())
+    fresh_ema = tiny_model("ema", seed=3)  # train.init_parts without the quantizer: even the same kind starts afresh
+    book = fresh_ema.quantizer.stages[0].quantizer.embed.clone()
+    assert initialise_from(fresh_ema, str(tmp_path / "src"), ["encoder", "decoder"]) == ["encoder", "decoder"]
+    assert torch.equal(fresh_ema.quantizer.stages[0].quantizer.embed, book)
+    with pytest.raises(ConfigError, match="init_parts"):
+        load_training_recipe(TINY, ["init_parts=[encoder, codebook]"])
     wider = Codec.from_config(deep_merge(load_recipe(TINY), {"model": {"channels": 16}}))
     with pytest.raises(ConfigError, match="channels"):
         initialise_from(wider, str(tmp_path / "src"))

@@ -144,12 +144,15 @@ def _make_trackers() -> list[str]:
     return ["tensorboard"]
 
 
-def initialise_from(codec: Codec, source: str) -> list[str]:
+def initialise_from(codec: Codec, source: str, parts: list[str] | tuple[str, ...] = ("encoder", "decoder", "quantizer")
+                    ) -> list[str]:
     """Copy a saved model's weights (``Codec.from_pretrained``: a directory or a shipped name)
-    into ``codec``, a fresh run's model: the encoder and decoder, and the quantizer stack too
-    when its configuration is the same (else the stack starts fresh, for a run that trains
-    another quantizer on a trained encoder and decoder). Returns the parts copied. ConfigError
-    if the source cannot be loaded or its encoder / decoder configuration differs."""
+    into ``codec``, a fresh run's model: those of ``parts`` (train.init_parts) among the
+    encoder, the decoder and the quantizer stack, the stack only when its configuration is the
+    same (else it starts fresh, for a run that trains another quantizer on a trained encoder
+    and decoder; leaving it out of ``parts`` starts even the same kind afresh). Returns the
+    parts copied. ConfigError if the source cannot be loaded or its encoder / decoder
+    configuration differs."""
     try:
         src = Codec.from_pretrained(source)
     except Exception as exc:  # noqa: BLE001 - any failure to load (safetensors has its own errors) is one line
@@ -160,10 +163,10 @@ def initialise_from(codec: Codec, source: str) -> list[str]:
     if differ:
         raise ConfigError(f"train.init_from {source}: its model differs from the recipe's in "
                           + ", ".join(f"{k} ({theirs.get(k)!r} vs {ours.get(k)!r})" for k in differ[:3]))
-    parts = ["encoder", "decoder", *(["quantizer"] if same_quantizer else [])]
-    for part in parts:
+    copied = [p for p in ("encoder", "decoder", "quantizer") if p in parts and (p != "quantizer" or same_quantizer)]
+    for part in copied:
         getattr(codec, part).load_state_dict(getattr(src, part).state_dict())
-    return parts
+    return copied
 
 
 def setup(recipe: str | Path, overrides: list[str] | None, out_dir: str | Path | None, resume: bool) -> Run:
@@ -205,7 +208,7 @@ def setup(recipe: str | Path, overrides: list[str] | None, out_dir: str | Path |
     except (TypeError, ValueError) as exc:  # e.g. an unknown quantizer kind or option in the recipe
         raise ConfigError(f"recipe {recipe}: cannot build the model: {exc}") from None
     if cfg.init_from and not (resume and latest is not None):
-        parts = initialise_from(codec, cfg.init_from)
+        parts = initialise_from(codec, cfg.init_from, cfg.init_parts)
         if main:
             print(f"codec: starting from the {' and '.join(parts)} of {cfg.init_from}", file=sys.stderr)
     module = TrainStep(codec)
