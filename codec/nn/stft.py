@@ -230,21 +230,24 @@ class CausalISTFT(_TokenGrid):
         """Samples of algorithmic latency beyond the token: window - sub hop with ``delay``, else 0."""
         return self.window - self.sub_hop if self.delay else 0
 
-    def synthesis_frames(self, spec: Tensor) -> Tensor:
-        """Spectra complex [B, U, bins] -> windowed sub-frames float [B, U, window]."""
-        frames = torch.fft.irfft(spec, n=self.window, dim=-1)
+    def synthesis_frames(self, spec: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """Spectra complex [B, U, bins], or their real and imaginary parts (float, as an ONNX
+        export passes them: the inverse DFT is then a matrix product) -> windowed sub-frames
+        float [B, U, window]."""
+        if isinstance(spec, tuple):
+            a, b = _dft_matrices(self.window, inverse=True)
+            frames = spec[0] @ a + spec[1] @ b
+        else:
+            frames = torch.fft.irfft(spec, n=self.window, dim=-1)
         return frames * _window(self.window, frames)
 
     def forward(self, x: Tensor, spectra: Tensor | None = None) -> Tensor:
         """Head outputs [B, F, outputs] -> audio [B, 1, F hop] (``spectra``: the sub-frames'
         spectra when the caller has them already, ``self.spectra(x)``)."""
         h = self.sub_hop
-        if exporting() and spectra is None:
-            a, b_ = _dft_matrices(self.window, inverse=True)
-            re, im = self.spectrum_parts(x)
-            frames = (re @ a + im @ b_) * _window(self.window, re)
-        else:
-            frames = self.synthesis_frames(self.spectra(x) if spectra is None else spectra)  # [B, U, window]
+        if spectra is None:
+            spectra = self.spectrum_parts(x) if exporting() else self.spectra(x)
+        frames = self.synthesis_frames(spectra)  # [B, U, window]
         b, u, _ = frames.shape
         k = self.window // h  # sub-blocks a frame spans
         if k == 2 and not self.delay:

@@ -49,17 +49,25 @@ def _layers(net: nn.Module) -> list[StreamingLayer]:
 
 class _Step(nn.Module):
     """One streaming part as a pure function of its input and its states: forward(x, *states)
-    -> (y, *next states). ``run`` maps the input to the output through the part's layers in
-    streaming mode; ``shapes`` are the states' shapes, and zero-size ones (a layer with nothing
-    to remember) are constants, not inputs."""
+    -> (y, *next states). ``run`` maps the input to the output through ``net``'s layers in
+    streaming mode; one probing step of ``example`` gives the states' ``shapes`` and the
+    ``output`` example. Zero-size states (a layer with nothing to remember) are constants, not
+    inputs: ``carried`` lists the layers whose states are."""
 
-    def __init__(self, net: nn.Module, run, shapes: list[tuple[int, ...]]) -> None:
+    def __init__(self, net: nn.Module, run, example: Tensor) -> None:
         super().__init__()
-        self.net = net
+        self.net = net  # a submodule, so that its weights become the graph's initializers
         self.run = run
         self.layers = _layers(net)
-        self.shapes = shapes
-        self.carried = [i for i, s in enumerate(shapes) if math.prod(s) > 0]
+        set_streaming(net, True)
+        try:
+            run(example)
+            self.shapes = [tuple(layer.stream_state().shape) for layer in self.layers]
+            self.carried = [i for i, s in enumerate(self.shapes) if math.prod(s) > 0]
+            # a step as the graph takes it (a first streamed frame would drop a look-ahead's samples)
+            self.output = self(example, *[torch.zeros(self.shapes[i]) for i in self.carried])[0]
+        finally:
+            set_streaming(net, False)
 
     def forward(self, x: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
         given = dict(zip(self.carried, states))
@@ -71,14 +79,9 @@ class _Step(nn.Module):
         return (y, *[self.layers[i].stream_state() for i in self.carried])
 
 
-def _state_shapes(net: nn.Module, run, x: Tensor) -> list[tuple[int, ...]]:
-    """The shapes of ``net``'s streaming states after one step of ``x``."""
-    set_streaming(net, True)
-    try:
-        run(x)
-        return [tuple(layer.stream_state().shape) for layer in _layers(net)]
-    finally:
-        set_streaming(net, False)
+def _spec(name: str, t: Tensor) -> dict:
+    """A graph input or output as codec.json describes it."""
+    return {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
 
 
 @contextlib.contextmanager
@@ -123,11 +126,10 @@ def export_onnx(codec: nn.Module, out_dir: str | Path, n_q: int | None = None) -
         for name, net, run, x, file, in_name, out_name in (
                 ("encoder", codec.encoder, encode, audio, ENCODER_FILE, "audio", "codes"),
                 ("decoder", codec.decoder, decode, codes, DECODER_FILE, "codes", "audio")):
-            shapes = _state_shapes(net, run, x)
-            step = _Step(net, run, shapes)
+            step = _Step(net, run, x)
             carried[name] = step.carried
             names = [f"state{i}" for i in range(len(step.carried))]
-            states = [torch.zeros(shapes[i]) for i in step.carried]
+            states = [torch.zeros(step.shapes[i]) for i in step.carried]
             set_streaming(net, True)
             try:
                 with warnings.catch_warnings():
@@ -137,14 +139,8 @@ def export_onnx(codec: nn.Module, out_dir: str | Path, n_q: int | None = None) -
                                       output_names=[out_name, *[f"next_{s}" for s in names]])
             finally:
                 set_streaming(net, False)
-            parts[name] = {
-                "file": file,
-                "input": {"name": in_name, "shape": list(x.shape), "dtype": "int64" if name == "decoder" else "float32"},
-                "output": {"name": out_name, "shape": [1, n] if name == "encoder" else [1, 1, hop],
-                           "dtype": "int64" if name == "encoder" else "float32"},
-                "states": [{"name": s, "next": f"next_{s}", "shape": list(shapes[i]), "dtype": "float32"}
-                           for s, i in zip(names, step.carried)],
-            }
+            parts[name] = {"file": file, "input": _spec(in_name, x), "output": _spec(out_name, step.output),
+                           "states": [{**_spec(s, t), "next": f"next_{s}"} for s, t in zip(names, states)]}
     istft = codec.decoder.istft
     flush = None
     if istft.lookahead:  # the synthesis' partial sums: their first lookahead samples end the stream
