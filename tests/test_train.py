@@ -24,8 +24,8 @@ from codec.train.data import (
     utterances_from,
     validation_set,
 )
-from codec.train.losses import TERM_NAMES, CodecLoss, LossConfig
-from codec.train.optim import lr_factor
+from codec.train.losses import TERM_NAMES, CodecLoss, LossConfig, multi_resolution_stft
+from codec.train.optim import build_optimizer, lr_factor
 
 TINY = REPO / "recipes" / "tiny.yaml"
 
@@ -352,6 +352,47 @@ def test_spectrum_term_needs_a_decoder_with_spectra(tmp_path: Path) -> None:
     recipe.write_text(f"extends: {REPO / 'recipes' / 'tiny.yaml'}\ntrain: {{loss: {{spectrum: 1.0}}}}\n")
     with pytest.raises(ConfigError, match="spectrum needs a decoder"):
         load_training_recipe(recipe)
+
+
+def test_stft_term_is_auralosss_multi_resolution_loss_value_and_gradient() -> None:
+    """The phase-free resolutions (no torch.angle) give auraloss's own loss and gradient."""
+    import auraloss
+
+    torch.manual_seed(0)
+    target = 0.1 * torch.randn(2, 1, 8000)
+    ours, theirs = (0.1 * torch.randn(2, 1, 8000)).requires_grad_(True), None
+    theirs = ours.detach().clone().requires_grad_(True)
+    reference = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes=[512, 1024, 2048], hop_sizes=[80, 160, 320],
+                                                      win_lengths=[320, 640, 1280])
+    a, b = multi_resolution_stft(16000)(ours, target), reference(theirs, target)
+    a.backward()
+    b.backward()
+    assert float(a) == pytest.approx(float(b), rel=1e-6) and float(a) > 0.5
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_optimizer_is_fused_adamw_with_the_per_tensor_loops_update() -> None:
+    _, _, cfg = load_training_recipe(TINY)
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fused, _ = build_optimizer(nets[0], cfg)
+    # the schedule has already scaled the lr to its first step's (the warm-up's start)
+    loop = torch.optim.AdamW(nets[1].parameters(), lr=fused.param_groups[0]["lr"], betas=tuple(cfg.betas))
+    assert fused.defaults["fused"] is True
+    for opt in (fused, loop):
+        for g in opt.param_groups:
+            g["weight_decay"] = 0.0
+    x = torch.randn(32, 8)
+    start = nets[0][0].weight.detach().clone()
+    for _ in range(5):
+        for net, opt in zip(nets, (fused, loop)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    moved = (nets[0][0].weight - nets[1][0].weight).abs().max()
+    assert float(moved) < 1e-6
+    assert float((nets[0][0].weight - start).abs().max()) > 2 * float(fused.param_groups[0]["lr"])  # Adam: ~lr per step
 
 
 def test_lr_warmup_then_cosine() -> None:
