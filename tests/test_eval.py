@@ -276,3 +276,43 @@ def test_unquantized_quality_tool_scores_the_decoder_of_the_latents(tmp_path, ca
     assert "unquantized PESQ" in capsys.readouterr().out
     assert uq.main([str(tmp_path / "nosuch")]) == 2
     assert capsys.readouterr().err.startswith("unquantized_quality: error: ")
+
+
+def test_paired_bootstrap_interval_holds_the_mean_and_excludes_zero_only_for_a_real_difference() -> None:
+    from codec.eval.report import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    shifted = list(0.1 + 0.05 * rng.standard_normal(100))
+    mean, lo, hi = paired_bootstrap(shifted)
+    assert lo < mean < hi and lo > 0.08 and hi < 0.12
+    mean, lo, hi = paired_bootstrap(list(0.05 * rng.standard_normal(100)) + [float("nan")])
+    assert lo < 0 < hi and hi - lo < 0.03
+    assert paired_bootstrap(shifted) == paired_bootstrap(shifted)  # seeded
+
+
+def test_compare_report_merges_kinds_and_pairs_them_per_utterance(tmp_path: Path) -> None:
+    import importlib.util
+
+    from codec.eval.report import read_results, write_results
+
+    spec = importlib.util.spec_from_file_location("compare_report", REPO / "tools" / "compare_report.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    base = {"duration_s": 2.0, "nominal_kbps": 6.0, "kbps": 6.1, "payload_kbps": 6.0, "file_bytes": 1525,
+            "payload_bytes": 1500, "stoi": 0.9, "mel_distance": 0.5, "si_sdr": -10.0}
+    for kind, offset in (("ema", 0.0), ("simvq", 0.25)):
+        (tmp_path / kind).mkdir()
+        rows = [{**base, "system": f"{kind}/model", "stages": 12, "utterance": f"u{i}.flac", "pesq": 2.0 + i / 10 + offset}
+                for i in range(8)]
+        write_results(tmp_path / kind / "results.csv", rows)
+        (tmp_path / kind / "codebooks.csv").write_text(
+            f"system,stage,codebook_size,frames,used_codes,utilisation,perplexity\n{kind}/model,1,1024,800,900,0.88,500\n")
+    assert tool.main([str(tmp_path)]) == 0
+    merged = read_results(tmp_path / "results.csv")
+    assert len(merged) == 16 and {r["system"] for r in merged} == {"ema/model", "simvq/model"}
+    paired = tool.paired_rows(merged, "ema")
+    assert len(paired) == 1 and paired[0]["better"] == 8 and paired[0]["n"] == 8
+    assert paired[0]["lo"] == pytest.approx(0.25) and paired[0]["hi"] == pytest.approx(0.25)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| simvq | 12 | +0.250 |" in summary and "Not evaluated yet: ste, diveq, sf_diveq, hybrid" in summary
+    assert (tmp_path / "rate_quality.png").stat().st_size > 1000 and (tmp_path / "codebooks.png").is_file()

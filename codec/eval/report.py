@@ -29,6 +29,37 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
     return float(x.mean()), half, len(x)
 
 
+def paired_bootstrap(diffs: Sequence[float], resamples: int = 5000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 2.5th and 97.5th percentile of the mean over ``resamples`` bootstrap resamples)
+    of per-utterance paired differences (system A minus system B on the same utterances);
+    NaNs are left out, all NaN gives NaNs. The resampling is seeded, so tables reproduce."""
+    x = np.asarray([d for d in diffs if math.isfinite(d)], dtype=np.float64)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(x.mean()), float(lo), float(hi)
+
+
+def read_results(path: Path) -> list[dict]:
+    """results.csv (``write_results``) -> rows with numbers as floats (stages as int, '' kept
+    for Opus), the inverse of ``write_results`` up to float formatting."""
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            row: dict = {}
+            for k, v in r.items():
+                if k in ("system", "utterance") or v == "":
+                    row[k] = v
+                elif k == "stages":
+                    row[k] = int(v)
+                else:
+                    row[k] = float(v)
+            rows.append(row)
+    return rows
+
+
 @dataclass(frozen=True)
 class Point:
     """One system at one setting, over all utterances."""
