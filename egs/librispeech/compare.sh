@@ -45,8 +45,10 @@ for k in $kinds; do
   if [ "$opus" != none ]; then
     awk -F, 'NR == 1 || $1 ~ /^opus/' "$exp/eval/$k/results.csv" > "$results/opus/results.csv"
   fi
-  awk -F, 'NR == 1 || $1 !~ /^opus/' "$exp/eval/$k/results.csv" > "$results/$k/results.csv"
-  cp "$exp/eval/$k/codebooks.csv" "$results/$k/"
+  # codec eval names a system by its folder ("model"); the merged tables need "<kind>/model"
+  name='NR == 1 {print; next} $1 !~ /^opus/ {sub(/^model/, k "/model", $1); print}'
+  awk -F, -v OFS=, -v k="$k" "$name" "$exp/eval/$k/results.csv" > "$results/$k/results.csv"
+  awk -F, -v OFS=, -v k="$k" "$name" "$exp/eval/$k/codebooks.csv" > "$results/$k/codebooks.csv"
   cp "$exp/$k/log.csv" "$results/$k/train_log.csv"
 done
 python tools/compare_report.py "$results"
