@@ -360,7 +360,7 @@ def test_stft_term_is_auralosss_multi_resolution_loss_value_and_gradient() -> No
 
     torch.manual_seed(0)
     target = 0.1 * torch.randn(2, 1, 8000)
-    ours, theirs = (0.1 * torch.randn(2, 1, 8000)).requires_grad_(True), None
+    ours = (0.1 * torch.randn(2, 1, 8000)).requires_grad_(True)
     theirs = ours.detach().clone().requires_grad_(True)
     reference = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes=[512, 1024, 2048], hop_sizes=[80, 160, 320],
                                                       win_lengths=[320, 640, 1280])

@@ -24,18 +24,13 @@ from codec.eval.report import aggregate, paired_bootstrap, read_results, summary
 KINDS = ("ema", "ste", "simvq", "diveq", "sf_diveq", "hybrid")
 
 
-def kind_of(system: str) -> str:
-    """'simvq/model+entropy' -> 'simvq'; 'opus' -> 'opus'."""
-    return system.split("/")[0]
-
-
 def paired_rows(rows: list[dict], reference: str) -> list[dict]:
     """Per kind (not the reference) and stage count: mean PESQ difference to the reference on
     the same utterances, its bootstrap interval, utterances better / compared."""
     pesq: dict[tuple[str, int], dict[str, float]] = {}
     for r in rows:
         if r["system"].endswith("/model"):
-            pesq.setdefault((kind_of(r["system"]), r["stages"]), {})[r["utterance"]] = r["pesq"]
+            pesq.setdefault((r["system"].split("/")[0], r["stages"]), {})[r["utterance"]] = r["pesq"]
     out = []
     for (kind, stages), scores in pesq.items():
         ref = pesq.get((reference, stages))
@@ -70,7 +65,7 @@ def training_rows(folder: Path, kinds: list[str]) -> list[dict]:
 def markdown(summary: str, paired: list[dict], training: list[dict], reference: str, missing: list[str]) -> str:
     """summary.md: codec eval's table and codebook usage, then the paired differences and runs."""
     lines = [summary.rstrip(), "", f"## PESQ paired against {reference} (same utterances, fixed-width files)", "",
-             f"| kind | stages | mean PESQ difference | bootstrap 95% interval | utterances better |",
+             "| kind | stages | mean PESQ difference | bootstrap 95% interval | utterances better |",
              "| --- | ---: | ---: | --- | ---: |"]
     for r in paired:
         lines.append(f"| {r['kind']} | {r['stages']} | {r['mean']:+.3f} | {r['lo']:+.3f} .. {r['hi']:+.3f} "
