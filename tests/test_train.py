@@ -380,6 +380,7 @@ def test_optimizer_is_fused_adamw_with_the_per_tensor_loops_update() -> None:
     # the schedule has already scaled the lr to its first step's (the warm-up's start)
     loop = torch.optim.AdamW(nets[1].parameters(), lr=fused.param_groups[0]["lr"], betas=tuple(cfg.betas))
     assert fused.defaults["fused"] is True
+    version = nets[0][0].weight._version
     for opt in (fused, loop):
         for g in opt.param_groups:
             g["weight_decay"] = 0.0
@@ -391,8 +392,44 @@ def test_optimizer_is_fused_adamw_with_the_per_tensor_loops_update() -> None:
             net(x).square().mean().backward()
             opt.step()
     moved = (nets[0][0].weight - nets[1][0].weight).abs().max()
+    assert nets[0][0].weight._version >= version + 5  # every step bumps it, as the loop's do
     assert float(moved) < 1e-6
     assert float((nets[0][0].weight - start).abs().max()) > 2 * float(fused.param_groups[0]["lr"])  # Adam: ~lr per step
+
+
+@pytest.mark.parametrize("kind", ["ema", "ste"])
+def test_after_an_optimizer_step_inference_uses_the_new_weights(kind: str) -> None:
+    """The fused kernel writes parameters without bumping their version counters, and the
+    inference caches (conv taps, codebook norms, projected tables) are keyed on them: a stale
+    cache encoded with the weights before the step (log.csv's validation statistics stopped
+    matching the exported model's). After a step, the model encodes and decodes like a fresh
+    copy loaded with its weights."""
+    model = tiny_model(kind, codebook_dim=8)  # projected: out_proj's weights are in the table
+    _, _, cfg = load_training_recipe(TINY)
+    opt, _ = build_optimizer(model, cfg)
+    for g in opt.param_groups:
+        g["lr"] = 1e-2
+    wav = speech(seconds=0.5)
+    model.eval()
+    with torch.no_grad():
+        before = model.encoder(wav)
+    model.encode(wav)  # fills every cache
+    model.train()
+    opt.zero_grad()
+    out = model(wav)
+    (out.audio.square().mean() + out.quantizer_loss).backward()
+    opt.step()
+    model.eval()
+    fresh = tiny_model(kind, codebook_dim=8)
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    with torch.no_grad():
+        latents, expected = model.encoder(wav), fresh.encoder(wav)
+        assert float((latents - expected).abs().max()) == 0.0
+        assert float((latents - before).abs().max()) > 1e-4  # the step moved them
+        codes = model.encode(wav)
+        assert torch.equal(codes, fresh.encode(wav))
+        assert torch.equal(model.decode(codes), fresh.decode(codes))
 
 
 def test_lr_warmup_then_cosine() -> None:
