@@ -307,6 +307,10 @@ def test_compare_report_merges_kinds_and_pairs_them_per_utterance(tmp_path: Path
         write_results(tmp_path / kind / "results.csv", rows)
         (tmp_path / kind / "codebooks.csv").write_text(
             f"system,stage,codebook_size,frames,used_codes,utilisation,perplexity\n{kind}/model,1,1024,800,900,0.88,500\n")
+    # EMA's log: 12 train rows (speeds 10 and 20, terms falling) and a validation row
+    rows = [f"{50 * i},train,1.0,{1.0 - i / 100},{2.0 - i / 100},{10 + 10 * (i % 2)}," for i in range(1, 13)]
+    (tmp_path / "ema" / "train_log.csv").write_text(
+        "step,split,loss,stft,mel,audio_s_per_s,pesq\n" + "\n".join(rows) + "\n600,valid,1.0,0.5,0.5,,9.9\n")
     assert tool.main([str(tmp_path)]) == 0
     merged = read_results(tmp_path / "results.csv")
     assert len(merged) == 16 and {r["system"] for r in merged} == {"ema/model", "simvq/model"}
@@ -315,4 +319,6 @@ def test_compare_report_merges_kinds_and_pairs_them_per_utterance(tmp_path: Path
     assert paired[0]["lo"] == pytest.approx(0.25) and paired[0]["hi"] == pytest.approx(0.25)
     summary = (tmp_path / "summary.md").read_text()
     assert "| simvq | 12 | +0.250 |" in summary and "Not evaluated yet: ste, diveq, sf_diveq, hybrid" in summary
+    # steps from the last row; speed over the train rows; terms over the last 10 train rows (3..12)
+    assert "| ema | 600 | 15.0 | 0.9250 | 1.9250 |" in summary
     assert (tmp_path / "rate_quality.png").stat().st_size > 1000 and (tmp_path / "codebooks.png").is_file()
