@@ -74,8 +74,8 @@ def markdown(summary: str, paired: list[dict], training: list[dict], reference: 
     for r in paired:
         lines.append(f"| {r['kind']} | {r['stages']} | {r['mean']:+.3f} | {r['lo']:+.3f} .. {r['hi']:+.3f} "
                      f"| {r['better']}/{r['n']} |")
-    lines += ["", "## Training runs", "", "| kind | steps | s of audio per s | MR-STFT term (last 10 rows) "
-              "| mel term (last 10 rows) |", "| --- | ---: | ---: | ---: | ---: |"]
+    header = "| kind | steps | s of audio per s | MR-STFT term (last 10 rows) | mel term (last 10 rows) |"
+    lines += ["", "## Training runs", "", header, "| --- | ---: | ---: | ---: | ---: |"]
     for r in training:
         lines.append(f"| {r['kind']} | {r['steps']} | {r['speed']:.1f} | {r['stft']:.4f} | {r['mel']:.4f} |")
     if missing:
