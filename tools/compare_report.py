@@ -49,7 +49,7 @@ def training_rows(folder: Path, kinds: list[str], last: int = 10) -> list[dict]:
     audio per s) and the MR-STFT and mel terms averaged over the ``last`` train rows (the end
     of the run; reconstruction terms every kind shares, unlike its quantizer loss).
 
-    Not the validation rows: runs trained before the fused-AdamW version fix (EMA, SimVQ)
+    Not the validation rows: a run trained before the fused-AdamW version fix (the EMA run)
     validated through inference caches that kept the first validation's weights."""
     out = []
     for kind in kinds:
