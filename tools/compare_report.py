@@ -22,6 +22,7 @@ from codec.eval import plots
 from codec.eval.report import aggregate, paired_bootstrap, read_results, summary_markdown, write_results
 
 KINDS = ("ema", "ste", "simvq", "diveq", "sf_diveq", "hybrid")
+CLOSING_ROWS = 10  # train rows averaged for a run's closing loss terms
 
 
 def paired_rows(rows: list[dict], reference: str) -> list[dict]:
@@ -44,9 +45,9 @@ def paired_rows(rows: list[dict], reference: str) -> list[dict]:
     return sorted(out, key=lambda r: (KINDS.index(r["kind"]) if r["kind"] in KINDS else 99, r["stages"]))
 
 
-def training_rows(folder: Path, kinds: list[str], last: int = 10) -> list[dict]:
+def training_rows(folder: Path, kinds: list[str]) -> list[dict]:
     """Per kind, from its train_log.csv: optimizer steps reached, mean training speed (s of
-    audio per s) and the MR-STFT and mel terms averaged over the ``last`` train rows (the end
+    audio per s) and the MR-STFT and mel terms averaged over the last ``CLOSING_ROWS`` train rows (the end
     of the run; reconstruction terms every kind shares, unlike its quantizer loss).
 
     Not the validation rows: a run trained before the fused-AdamW version fix (the EMA run)
@@ -60,7 +61,7 @@ def training_rows(folder: Path, kinds: list[str], last: int = 10) -> list[dict]:
             log = list(csv.DictReader(f))
         train = [r for r in log if r["split"] == "train" and r["audio_s_per_s"]]
         speed = sum(float(r["audio_s_per_s"]) for r in train) / max(1, len(train))
-        tail = train[-last:]
+        tail = train[-CLOSING_ROWS:]
         mean = {t: sum(float(r[t]) for r in tail) / max(1, len(tail)) for t in ("stft", "mel")}
         out.append({"kind": kind, "steps": int(log[-1]["step"]) if log else 0, "speed": speed, **mean})
     return out
@@ -74,7 +75,8 @@ def markdown(summary: str, paired: list[dict], training: list[dict], reference: 
     for r in paired:
         lines.append(f"| {r['kind']} | {r['stages']} | {r['mean']:+.3f} | {r['lo']:+.3f} .. {r['hi']:+.3f} "
                      f"| {r['better']}/{r['n']} |")
-    header = "| kind | steps | s of audio per s | MR-STFT term (last 10 rows) | mel term (last 10 rows) |"
+    closing = f"(last {CLOSING_ROWS} rows)"
+    header = f"| kind | steps | s of audio per s | MR-STFT term {closing} | mel term {closing} |"
     lines += ["", "## Training runs", "", header, "| --- | ---: | ---: | ---: | ---: |"]
     for r in training:
         lines.append(f"| {r['kind']} | {r['steps']} | {r['speed']:.1f} | {r['stft']:.4f} | {r['mel']:.4f} |")

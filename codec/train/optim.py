@@ -32,8 +32,7 @@ def _adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.o
         opt = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
     except (RuntimeError, TypeError, ValueError):  # older torch, or parameters it cannot fuse
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
-    params = [p for g in opt.param_groups for p in g["params"]]
-    opt.register_step_post_hook(lambda *_: increment_version(params))
+    opt.register_step_post_hook(lambda o, *_: increment_version([p for g in o.param_groups for p in g["params"]]))
     return opt
 
 
