@@ -522,3 +522,32 @@ def test_a_run_with_a_quantizer_warmup_validates_unquantized_first(tmp_path: Pat
     assert float(rows[("train", 1)]["quantizer"]) == 0 and float(rows[("train", 3)]["quantizer"]) > 0
     assert rows[("valid", 2)]["s1_perplexity"] == ""  # unquantized: no code statistics yet
     assert float(rows[("valid", 4)]["s1_perplexity"]) > 1
+
+
+@pytest.mark.parametrize("head", ["logmag_phase", "complex", "logmag_atan2"])
+def test_a_training_step_runs_under_bf16_autocast_for_every_head(head: str) -> None:
+    """`train.mixed_precision: bf16` (and `auto` on a GPU) runs the model under bf16 autocast:
+    every synthesis head builds its spectra in float32 (there is no bf16 complex type; the atan2
+    head failed in torch.complex before), the loss and the gradients stay finite, and the loss
+    is the fp32 loss within bf16 rounding of the layers."""
+    torch.manual_seed(0)
+    recipe = deep_merge(load_recipe(REPO / "recipes" / "tiny_convnext.yaml"),
+                        {"model": {"subframes": 4, "stft_window": 320, "head": head, "synthesis_delay": True}})
+    codec = Codec.from_config(recipe).train()
+    loss_fn = CodecLoss(16000, LossConfig(spectrum=1.0, complex=1.0, level=1.0))
+    x = speech(0.5)
+
+    def loss_of(bf16: bool) -> torch.Tensor:
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = codec(x, quantize=False, spectra=True)
+            return loss_fn(out.audio, x, None, out.spectra)[0]
+
+    ref = float(loss_of(False))
+    loss = loss_of(True)
+    assert loss.dtype == torch.float32 and math.isfinite(float(loss))
+    assert float(loss) == pytest.approx(ref, rel=0.05)
+    loss.backward()
+    grads = [p.grad for p in codec.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+    assert float(codec.decoder.head.weight.grad.abs().sum()) > 0
