@@ -121,6 +121,29 @@ def test_augmentation_settings_are_checked() -> None:
         load_training_recipe(TINY, ["data.gain_db=[3, -3]"])
     with pytest.raises(ConfigError, match="tone_fraction"):
         load_training_recipe(TINY, ["data.tone_fraction=1.5"])
+    with pytest.raises(ConfigError, match="tone_grid_hz"):
+        load_training_recipe(TINY, ["data.tone_grid_hz=-50"])
+
+
+def test_tone_grid_puts_half_the_sines_on_multiples_of_it() -> None:
+    """tone_grid_hz 50: a crop whose every sine landed on the grid repeats every 320 samples
+    (16000 / 50) exactly; expected share of such crops (1 to 3 sines, each snapped with
+    probability 1/2) (1/2 + 1/4 + 1/8) / 3 = 0.29. Without the grid no crop repeats, and the
+    draws of a crop without tones are unchanged."""
+    import numpy as np
+
+    from codec.train.data import augment
+
+    def periodic_share(grid: float) -> float:
+        rng = np.random.default_rng(7)
+        crops = [augment(np.zeros(16000, np.float32), rng, 16000, tone_fraction=1.0, tone_grid_hz=grid)
+                 for _ in range(300)]
+        return float(np.mean([np.abs(c[320:] - c[:-320]).max() < 1e-4 * np.abs(c).max() for c in crops]))
+    assert 0.2 < periodic_share(50.0) < 0.4
+    assert periodic_share(0.0) == 0.0
+    rng = np.random.default_rng(0)
+    crop = np.ones(100, np.float32)
+    assert augment(crop, rng, 16000, tone_grid_hz=50.0) is crop and rng.random() == np.random.default_rng(0).random()
 
 
 def test_validation_speakers_are_not_training_speakers(train_utts) -> None:

@@ -35,6 +35,7 @@ class DataConfig:
     num_workers: int = 2  # DataLoader worker processes per rank (0: load in the main process)
     gain_db: list = field(default_factory=lambda: [0.0, 0.0])  # random gain per crop, uniform in [lo, hi] dB
     tone_fraction: float = 0.0  # crops that get 1-3 sines added (half of them without the speech)
+    tone_grid_hz: float = 0.0  # > 0: half the sines at multiples of it (the STFT bin spacing: still spectra)
 
 
 @dataclass
@@ -81,6 +82,8 @@ class TrainConfig:
             raise ConfigError("train.data.crop_seconds and valid_seconds must be > 0")
         if len(self.data.gain_db) != 2 or not float(self.data.gain_db[0]) <= float(self.data.gain_db[1]):
             raise ConfigError(f"train.data.gain_db must be [lo, hi] in dB with lo <= hi, got {self.data.gain_db}")
+        if not self.data.tone_grid_hz >= 0:
+            raise ConfigError(f"train.data.tone_grid_hz must be >= 0, got {self.data.tone_grid_hz}")
         if not 0.0 <= self.data.tone_fraction <= 1.0:
             raise ConfigError(f"train.data.tone_fraction must be in [0, 1], got {self.data.tone_fraction}")
         if not self.init_parts or not set(self.init_parts) <= {"encoder", "decoder", "quantizer"}:

@@ -150,13 +150,17 @@ def fit_length(x: np.ndarray, length: int) -> np.ndarray:
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, rate: int, gain_db: tuple[float, float] = (0.0, 0.0),
-            tone_fraction: float = 0.0) -> np.ndarray:
+            tone_fraction: float = 0.0, tone_grid_hz: float = 0.0) -> np.ndarray:
     """One training crop float32 [T] -> the crop the codec learns from, drawn from ``rng``.
 
     With probability ``tone_fraction``, 1-3 sines (frequencies log-uniform over 50 Hz .. 0.45
     ``rate``, amplitudes log-uniform 0.02 .. 0.4 shared between them, random phases) are added,
     and half of those crops drop the speech (pure tones), so a codec trained on speech alone
-    still passes tones. Then a gain uniform in ``gain_db`` (dB). A crop either step changed
+    still passes tones. With ``tone_grid_hz`` > 0, each sine's frequency is rounded to a
+    multiple of it with probability 1/2: with the analysis bin spacing (sample rate / STFT
+    window) such a sine's spectrum stands still from frame to frame, which random frequencies
+    almost never give, and a model trained without them decoded a 1 kHz test tone 47 dB down
+    while passing 1010 Hz. Then a gain uniform in ``gain_db`` (dB). A crop either step changed
     whose peak passes 0.99 is scaled down to it instead of clipping. With the defaults it
     returns ``x`` unchanged and draws nothing."""
     changed = False
@@ -164,6 +168,9 @@ def augment(x: np.ndarray, rng: np.random.Generator, rate: int, gain_db: tuple[f
         n = int(rng.integers(1, 4))
         t = np.arange(len(x)) / rate
         freqs = np.exp(rng.uniform(np.log(50.0), np.log(0.45 * rate), n))
+        if tone_grid_hz > 0:
+            snap = rng.random(n) < 0.5
+            freqs[snap] = np.maximum(1, np.round(freqs[snap] / tone_grid_hz)) * tone_grid_hz
         amps = np.exp(rng.uniform(np.log(0.02), np.log(0.4), n)) / n
         phases = rng.uniform(0, 2 * np.pi, n)
         tones = (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None])).sum(0)
@@ -185,15 +192,16 @@ class CropBatches(Dataset):
     Position g = (k * world + rank) * batch + i walks through one seeded permutation of the
     utterances per epoch, so within an epoch no utterance is seen twice, on any rank; the crop
     offset of item i is drawn from a generator seeded with (seed, k, rank, i), and then
-    ``augment``'s choices (``gain_db``, ``tone_fraction``) from the same generator.
+    ``augment``'s choices (``gain_db``, ``tone_fraction``, ``tone_grid_hz``) from the same generator.
     Returns {"audio": float [B, 1, T] at ``rate``, "index": int64 [B] utterance indices}.
     """
 
     def __init__(self, utterances: list[Utterance], rate: int, crop_seconds: float, batch_size: int,
                  seed: int, rank: int = 0, world: int = 1, gain_db: tuple[float, float] = (0.0, 0.0),
-                 tone_fraction: float = 0.0) -> None:
+                 tone_fraction: float = 0.0, tone_grid_hz: float = 0.0) -> None:
         self.gain_db = (float(gain_db[0]), float(gain_db[1]))
         self.tone_fraction = float(tone_fraction)
+        self.tone_grid_hz = float(tone_grid_hz)
         self.utterances = utterances
         self.rate = rate
         self.crop_seconds = crop_seconds
@@ -227,7 +235,7 @@ class CropBatches(Dataset):
             u = self.utterances[j]
             rng = np.random.default_rng([self.seed, k, self.rank, i])
             crop = fit_length(load_audio(u.path, self.rate, self.crop_seconds, float(rng.random())), self.length)
-            audio[i, 0] = augment(crop, rng, self.rate, self.gain_db, self.tone_fraction)
+            audio[i, 0] = augment(crop, rng, self.rate, self.gain_db, self.tone_fraction, self.tone_grid_hz)
         return {"audio": torch.from_numpy(audio), "index": torch.tensor(idx, dtype=torch.long)}
 
 

@@ -228,7 +228,8 @@ def setup(recipe: str | Path, overrides: list[str] | None, out_dir: str | Path |
         accelerator.init_trackers("tensorboard")
     log = CSVLog(out / "log.csv", codec.num_stages, resume_step=start if resume else None) if main else None
     batches = CropBatches(train_utts, codec.sample_rate, cfg.data.crop_seconds, cfg.batch_size,
-                          cfg.seed, rank, world, cfg.data.gain_db, cfg.data.tone_fraction)
+                          cfg.seed, rank, world, cfg.data.gain_db, cfg.data.tone_fraction,
+                          cfg.data.tone_grid_hz)
     return Run(cfg, out, accelerator, module, codec, optimizer, scheduler, loss_fn, valid, batches, start, log)
 
 
