@@ -201,9 +201,11 @@ class CausalISTFT(_TokenGrid):
         """Head outputs float [B, F, outputs] -> the real and imaginary parts of the sub-frames'
         spectra, float [B, F subframes, bins] each."""
         per_bin = HEADS[self.head]
-        # float32 whatever autocast made the head (bf16 has no complex type, and exp of a bf16
-        # log-magnitude is too coarse to synthesise from)
-        x = x.float().reshape(x.shape[0], -1, per_bin * self.bins)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # autocast's head output: no complex type in bf16, and exp of a bf16 log-magnitude is
+            # too coarse to synthesise from (float64, the exact path, stays float64)
+            x = x.float()
+        x = x.reshape(x.shape[0], -1, per_bin * self.bins)
         if self.head == "logmag_phase":
             first, second = x.chunk(2, dim=-1)
             mag = torch.exp(first.clamp(max=LOG_MAGNITUDE_MAX))
