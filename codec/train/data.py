@@ -159,9 +159,9 @@ def augment(x: np.ndarray, rng: np.random.Generator, rate: int, gain_db: tuple[f
     still passes tones. With ``tone_grid_hz`` > 0, each sine's frequency is rounded to a
     multiple of it with probability 1/2: with the analysis bin spacing (sample rate / STFT
     window) such a sine's spectrum stands still from frame to frame, which random frequencies
-    almost never give, and a model trained without them decoded a 1 kHz test tone 47 dB down
-    while passing 1010 Hz. Then a gain uniform in ``gain_db`` (dB). A crop either step changed
-    whose peak passes 0.99 is scaled down to it instead of clipping. With the defaults it
+    almost never give (a model trained without them decoded 1 kHz as near-silence while
+    passing 1010 Hz: the default model's card). Then a gain uniform in ``gain_db`` (dB). A
+    crop either step changed whose peak passes 0.99 is scaled down to it instead of clipping. With the defaults it
     returns ``x`` unchanged and draws nothing."""
     changed = False
     if tone_fraction > 0 and rng.random() < tone_fraction:
