@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -45,7 +46,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert r[key] > 0
     assert res["macs"]["ours"]["encoder"] > 0 and res["macs"]["ours"]["search"] > 0
     assert set(res["search_per_stage"]) == {"1024", "2048"}
-    assert res["bitstream"]["bytes_fixed"] > 0 and res["train"]["step_s"] > 0
+    assert res["bitstream"]["bytes_fixed"] > 0 and res["train"]["step_s"] > 0 and res["train"]["bf16_step_s"] > 0
+    t = res["train"]
+    assert t["bf16_audio_s_per_s"] * t["bf16_step_s"] == pytest.approx(t["batch"] * t["crop_s"])
     assert res["flatness"]["chunks"] == 100  # --quick: a 2 s stream of 20 ms chunks
     assert (tmp_path / "r.json").is_file()
 
@@ -62,3 +65,8 @@ def test_bench_smoke_convnext_has_int8_rows(tmp_path: Path) -> None:
     assert res["flatness_int8"]["chunks"] == 100
     f = res["flatness"]
     assert f["median_ratio"] == f["last_median_ms"] / f["first_median_ms"]
+    if res["native"]:  # the memory floor: the engines' weight bytes over a measured read rate
+        fl = res["stream_floor"]
+        assert 0 < fl["bytes_int8"] < fl["bytes"] / 2 and fl["read_gb_s"] > 0
+        assert fl["rtf"] == pytest.approx(fl["bytes"] / (fl["read_gb_s"] * 1e9) / 0.02)
+        assert "Memory floor of 20 ms streaming" in bench.markdown(res)

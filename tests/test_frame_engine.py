@@ -336,3 +336,33 @@ def test_portable_build_matches_the_native_one(shipped: Codec) -> None:
     b = torch.cat([dec_p.decode(codes[..., t : t + 3]) for t in range(0, codes.shape[-1], 3)], -1)
     assert a.abs().max().item() > 0.05
     assert (a - b).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+def test_weight_bytes_count_what_every_frame_reads(shipped: Codec, int8: bool) -> None:
+    """FrameEngine.weight_bytes (the bench's memory floor) = the layer arithmetic: each linear
+    layer's tile-padded weights (4 bytes, or 1 with int8 plus a float32 scale per output) and
+    float32 bias, the blocks' depthwise taps, biases, LayerNorms and layer scales, the final
+    LayerNorm and the window; the encoder's int8 search prefilter (a scale and a squared norm
+    per codeword) for every stage; the decoder's input conv stays float32 (as in PyTorch)."""
+    def linear(out: int, n_in: int, q: bool) -> int:
+        return -(-out // TILE) * TILE * n_in * (1 if q else 4) + 4 * out + (4 * out if q else 0)
+
+    lib = native.load()
+    for part in ("encoder", "decoder"):
+        net = getattr(shipped, part)
+        c, n = net.norm.normalized_shape[0], (net.stft if part == "encoder" else net.istft).window
+        want = 8 * c + 4 * n
+        for b in net.blocks:
+            want += linear(b.fc1.out_features, c, int8) + linear(c, b.fc1.out_features, int8)
+            want += 4 * c * b.dwconv.kernel_span + 4 * c + 8 * c + 4 * c
+        if part == "encoder":
+            want += linear(c, net.inp.in_features, int8) + linear(net.out.out_features, c, int8)
+            for stage in shipped.quantizer.stages:
+                k, d = stage.tables()[0].shape
+                want += -(-k // TILE) * TILE * d + 4 * k + 4 * k  # int8 codewords, a scale and a norm each
+        else:
+            conv = net.inp.conv
+            want += linear(conv.out_channels, conv.in_channels * 3, False)
+            want += linear(net.head.out_features, c, int8)
+        assert FrameEngine(lib, net, shipped.quantizer, part, int8).weight_bytes == want

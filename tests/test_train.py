@@ -125,6 +125,15 @@ def test_augmentation_settings_are_checked() -> None:
         load_training_recipe(TINY, ["data.tone_grid_hz=-50"])
 
 
+def test_mixed_precision_takes_an_unquoted_no_from_the_command_line() -> None:
+    """`--set mixed_precision=no` (YAML reads `no` as false) means fp32, not an error; other
+    values are still checked."""
+    for value, want in (("no", "no"), ("'no'", "no"), ("bf16", "bf16"), ("auto", "auto")):
+        assert load_training_recipe(TINY, [f"mixed_precision={value}"])[2].mixed_precision == want
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_training_recipe(TINY, ["mixed_precision=yes"])
+
+
 def test_tone_grid_puts_half_the_sines_on_multiples_of_it() -> None:
     """tone_grid_hz 50: a crop whose every sine landed on the grid repeats every 320 samples
     (16000 / 50) exactly; expected share of such crops (1 to 3 sines, each snapped with
@@ -574,3 +583,25 @@ def test_a_training_step_runs_under_bf16_autocast_for_every_head(head: str) -> N
     grads = [p.grad for p in codec.parameters() if p.grad is not None]
     assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
     assert float(codec.decoder.head.weight.grad.abs().sum()) > 0
+
+
+def test_auto_precision_is_bf16_on_a_gpu_or_an_amx_cpu(tmp_path: Path, monkeypatch) -> None:
+    """`mixed_precision: auto`: accelerate's choice when launched with one, else (no GPU) bf16
+    exactly when cpuinfo's flags carry amx_bf16; avx512_bf16 alone is not enough (not
+    measured faster); explicit settings are kept; tiny.yaml pins float32 for every CPU."""
+    from codec.train import loop
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n")
+    has_amx = loop.cpu_has_amx_bf16
+    assert has_amx(str(amx)) and not has_amx(str(plain)) and not has_amx(str(tmp_path / "missing"))
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for info, want in ((amx, "bf16"), (plain, "no")):
+        monkeypatch.setattr(loop, "cpu_has_amx_bf16", lambda info=info: has_amx(str(info)))
+        assert loop._mixed_precision("auto") == want
+        assert loop._mixed_precision("no") == "no" and loop._mixed_precision("fp16") == "fp16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert loop._mixed_precision("auto") == "no"
+    assert load_training_recipe(TINY)[2].mixed_precision == "no"

@@ -389,7 +389,9 @@ def search_times(ks: list[int], dim: int, rows: int, repeats: int, warmup: int,
 
 def train_step_time(recipe: str, repeats: int, warmup: int, batch: int | None, crop: float | None) -> dict[str, float]:
     """One optimizer step (forward, losses, backward, AdamW) on random audio, fp32 on the CPU:
-    the training loop's own ``train_step`` and ``CodecLoss``, one process, one micro-batch."""
+    the training loop's own ``train_step`` and ``CodecLoss``, one process, one micro-batch; and
+    the same step under bf16 autocast (``train.mixed_precision: bf16``: the model's layers in
+    bfloat16, the losses and the quantizer in float32), "bf16_step_s" / "bf16_audio_s_per_s"."""
     from codec.train.config import load_training_recipe
     from codec.train.losses import CodecLoss
     from codec.train.optim import build_optimizer
@@ -409,6 +411,8 @@ def train_step_time(recipe: str, repeats: int, warmup: int, batch: int | None, c
         train_step(step, loss_fn, opt, sched, [wav], cfg.clip_grad_norm)
 
     t = timeit(one, repeats, warmup)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t_bf16 = timeit(one, repeats, warmup)
     parts = train_step_parts(codec, loss_fn, wav, repeats, warmup)
     parts["backward and optimizer (the rest)"] = max(0.0, t - sum(parts.values()))
     # The FLOP limit: a training step costs about 3 forward passes (the backward two), 2 FLOPs
@@ -418,7 +422,38 @@ def train_step_time(recipe: str, repeats: int, warmup: int, batch: int | None, c
     peak = matmul_peak_flops(repeats, warmup)
     limit = peak / (3 * 2 * macs)
     return {"step_s": t, "batch": batch, "crop_s": crop, "audio_s_per_s": batch * crop / t, "parts": parts,
+            "bf16_step_s": t_bf16, "bf16_audio_s_per_s": batch * crop / t_bf16,
             "forward_macs_per_audio_s": macs, "peak_gflops": peak / 1e9, "flop_limit_audio_s_per_s": limit}
+
+
+def stream_floor(model: Codec, repeats: int, warmup: int) -> dict[str, float]:
+    """An estimate of the memory floor of a batch-1 stream in the native frame engine (one
+    thread): every frame reads the engines' weights in full (``FrameEngine.weight_bytes``), so
+    a 20 ms frame through encoder and decoder costs at least the time one thread takes to read
+    that many bytes; here two buffers of the encoder's and the decoder's sizes, read one after
+    the other by a float32 dot product (BLAS, the fastest full read PyTorch offers), best of
+    at least 20 runs. The engine reads 8 weight streams side by side, which can beat one
+    stream's rate, so this is an estimate, not a bound. Returns {"bytes", "bytes_int8": per
+    frame; "read_gb_s", "read_gb_s_int8"; "rtf", "rtf_int8": reading seconds per second of
+    audio, float32 and int8 weights}."""
+    from codec.runtime.native.engine import FrameEngine
+
+    lib, out = native.load(), {}
+    frame_s = model.hop_length / model.sample_rate
+    for suffix, int8 in (("", False), ("_int8", True)):
+        sizes = [FrameEngine(lib, getattr(model, part), model.quantizer, part, int8).weight_bytes
+                 for part in ("encoder", "decoder")]
+        bufs = [torch.ones(n // 4) for n in sizes]
+        n = sum(sizes)
+
+        def read() -> None:
+            for b in bufs:
+                torch.dot(b, b)
+        for _ in range(max(1, warmup)):
+            read()
+        best = min(timeit(read, 1, 0) for _ in range(max(20, repeats)))
+        out.update({f"bytes{suffix}": n, f"read_gb_s{suffix}": n / best / 1e9, f"rtf{suffix}": best / frame_s})
+    return out
 
 
 def matmul_peak_flops(repeats: int, warmup: int, n: int = 1024) -> float:
@@ -536,6 +571,8 @@ def _run(args: argparse.Namespace) -> dict:
         res["threads"][str(spec)] = r
 
     set_threads(1)
+    if res["native"] and unsupported(model.decoder, model.quantizer, "decoder") is None:
+        res["stream_floor"] = stream_floor(model, rep, warm)
     with torch.no_grad():
         codes = model.encode(wav)
         encode_s = timeit(lambda: model.encode(wav), rep, warm)
@@ -593,6 +630,17 @@ def markdown(res: dict) -> str:
         if label.endswith(" pytorch"):
             label = label[: -len(" pytorch")] + ", PyTorch layers (engine off)"
         lines.append(f"| {label} | " + " | ".join(fmt(res["threads"][s].get(k)) for s in specs) + " |")
+    if "stream_floor" in res:
+        f, one = res["stream_floor"], next((r for r in res["threads"].values() if r["threads"] == 1), {})
+
+        def measured(suffix: str) -> str:
+            keys = [f"stream_encode_20ms{suffix}", f"stream_decode_20ms{suffix}"]
+            return f", measured {sum(one[k] for k in keys):.4f}" if all(k in one for k in keys) else ""
+        lines += ["", (f"Memory floor of 20 ms streaming (encode + decode, one thread): a frame reads "
+                  f"{f['bytes'] / 1e6:.1f} MB of engine weights in float32, {f['bytes_int8'] / 1e6:.1f} MB with int8 "
+                  f"weights; one thread reads buffers of those sizes at {f['read_gb_s']:.1f} / {f['read_gb_s_int8']:.1f} GB/s "
+                  f"here (a float32 dot product, best of 20), so reading them alone takes RTF {f['rtf']:.4f}"
+                  f"{measured('')} (float32) and {f['rtf_int8']:.4f}{measured('_int8')} (int8).")]
     m = res["macs"]
     lines += ["", "Multiply-adds per second of audio (millions):", "",
               "| model | encoder | code search | decoder | total |", "| --- | --- | --- | --- | --- |"]
@@ -626,8 +674,9 @@ def markdown(res: dict) -> str:
                   f"{t['step_s']:.2f} s, {t['audio_s_per_s']:.2f} s of audio per second "
                   f"({t['audio_s_per_s'] / t['flop_limit_audio_s_per_s']:.2f} of the FLOP limit, "
                   f"{t['flop_limit_audio_s_per_s']:.0f} s/s: 3 x {t['forward_macs_per_audio_s'] / 1e6:.0f} M multiply-adds "
-                  f"per second of audio at the {t['peak_gflops']:.0f} GFLOP/s of a 1024^2 float32 matmul). "
-                  f"GPU: not measured (no GPU lent to this run)."), "",
+                  f"per second of audio at the {t['peak_gflops']:.0f} GFLOP/s of a 1024^2 float32 matmul); "
+                  f"under bf16 autocast (`train.mixed_precision: bf16`) {t['bf16_step_s']:.2f} s, "
+                  f"{t['bf16_audio_s_per_s']:.2f} s/s. GPU: not measured (no GPU lent to this run)."), "",
                   "| part of the training step | seconds | share |", "| --- | ---: | ---: |"]
         lines += [f"| {k} | {v:.3f} | {100 * v / t['step_s']:.0f}% |" for k, v in t["parts"].items()]
     return "\n".join(lines)

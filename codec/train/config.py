@@ -64,7 +64,7 @@ class TrainConfig:
     init_from: str | None = None  # a saved model (directory or shipped name) a fresh run starts from
     init_parts: list = field(default_factory=lambda: ["encoder", "decoder", "quantizer"])  # what init_from copies
     out_dir: str | None = None  # None: exp/<recipe name>
-    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or no / bf16 / fp16
+    mixed_precision: str = "auto"  # auto: bf16 on a GPU or an AMX CPU, else fp32; or no / bf16 / fp16
 
     def validate(self) -> None:
         """Raise ConfigError on values that cannot train."""
@@ -88,6 +88,8 @@ class TrainConfig:
             raise ConfigError(f"train.data.tone_fraction must be in [0, 1], got {self.data.tone_fraction}")
         if not self.init_parts or not set(self.init_parts) <= {"encoder", "decoder", "quantizer"}:
             raise ConfigError(f"train.init_parts must list some of encoder, decoder, quantizer, got {self.init_parts}")
+        if self.mixed_precision is False:  # YAML reads an unquoted `no` (as --set gives it) as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         try:

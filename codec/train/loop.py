@@ -122,14 +122,28 @@ class Run:
         return self.accelerator.is_main_process
 
 
+def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has AMX bfloat16 tiles (the ``amx_bf16`` flag of Linux's ``cpuinfo``;
+    False where the file is missing): there oneDNN runs bfloat16 matrix products about 3x
+    faster than float32 ones, and a training step of the default recipe about 1.25x faster."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    return any(line.startswith("flags") and "amx_bf16" in line.split() for line in text.splitlines())
+
+
 def _mixed_precision(setting: str) -> str:
     """'auto' -> what `accelerate launch --mixed_precision` chose, else bf16 on a GPU that
-    supports it, else fp32 ('no')."""
+    supports it, bf16 on a CPU with AMX bfloat16 tiles (a 500-step check matched float32's
+    validation loss: README, Performance), else fp32 ('no')."""
     if setting != "auto":
         return setting
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
         return os.environ["ACCELERATE_MIXED_PRECISION"]
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_amx_bf16() else "no"
 
 
 def _step_seed(seed: int, k: int, rank: int) -> int:

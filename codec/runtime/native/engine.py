@@ -127,6 +127,11 @@ class FrameEngine:
         #: window - sub hop samples later sub-frames still add to
         self._samples = self._zeros(self._io.window - self._io.sub_hop)
         self._lat = self._zeros(2, quantizer.latent_dim)  # decoder: the previous two latents
+        #: bytes of the weights a streamed frame reads in full (every linear layer's packed
+        #: weights, scales and biases, the depthwise taps, the norms; the encoder's int8 search
+        #: prefilter of every stage): what bounds a batch-1 stream by memory bandwidth, since
+        #: a frame uses each of them once
+        self.weight_bytes = 0
         self._net = self._build(net, quantizer)
         self._pending = torch.zeros(0)
         #: decoder: output samples still to drop at the stream's start (a synthesis delay's
@@ -201,9 +206,13 @@ class FrameEngine:
             return None
 
     # ----- weights ------------------------------------------------------------------------
-    def _ptr(self, t: Tensor) -> int:
+    def _ptr(self, t: Tensor, streamed: bool = False) -> int:
+        """Keep ``t`` alive for the C side and return its address; ``streamed``: a weight every
+        frame reads in full (counted in ``weight_bytes``)."""
         t = t.detach().contiguous()
         self._keep.append(t)
+        if streamed:
+            self.weight_bytes += t.numel() * t.element_size()
         return t.data_ptr()
 
     def _zeros(self, *shape: int) -> Tensor:
@@ -213,19 +222,19 @@ class FrameEngine:
         self._keep.append(t)
         return t
 
-    def _f32(self, t: Tensor) -> int:
-        return self._ptr(t.detach().to(torch.float32))
+    def _f32(self, t: Tensor, streamed: bool = True) -> int:
+        return self._ptr(t.detach().to(torch.float32), streamed)
 
     def _linear(self, weight: Tensor, bias: Tensor | None, int8: bool) -> _Linear:
         out, n_in = weight.shape
         lin = _Linear(n_in=n_in, n_out=out, int8=int(int8))
         if int8:
             q, scale = quantize_int8(weight)  # the same values as frame_linear's int8 path
-            lin.q = self._ptr(pack_tiles(q))
+            lin.q = self._ptr(pack_tiles(q), True)
             lin.scale = self._f32(scale.to(torch.bfloat16).float())
             lin.bias = self._f32(bias if bias is not None else torch.zeros(out))
         else:
-            lin.w = self._ptr(pack_tiles(weight.detach().float()))
+            lin.w = self._ptr(pack_tiles(weight.detach().float()), True)
             lin.bias = self._f32(bias) if bias is not None else None
         return lin
 
@@ -235,7 +244,7 @@ class FrameEngine:
         ||r||_1 scale_k / 2 of the exact ones."""
         k, d = book.shape
         q, scale = quantize_int8(book)
-        return _Linear(n_in=d, n_out=k, int8=2, q=self._ptr(pack_tiles(q)), scale=self._f32(scale))
+        return _Linear(n_in=d, n_out=k, int8=2, q=self._ptr(pack_tiles(q), True), scale=self._f32(scale))
 
     def _nn_linear(self, layer: nn.Linear) -> _Linear:
         return self._linear(layer.weight, layer.bias, self._int8)
@@ -249,7 +258,7 @@ class FrameEngine:
         for b in blocks:
             w = b.dwconv.conv.weight.detach().float()[:, 0]  # [C, k]
             self._hist.append(self._zeros(b.dwconv.kernel_span - 1, width))
-            cb.append(_Block(dw_w=self._ptr(w.t()), dw_b=self._f32(b.dwconv.conv.bias),
+            cb.append(_Block(dw_w=self._ptr(w.t(), True), dw_b=self._f32(b.dwconv.conv.bias),
                              ln_w=self._f32(b.norm.weight), ln_b=self._f32(b.norm.bias),
                              fc1=self._nn_linear(b.fc1), fc2=self._nn_linear(b.fc2), gamma=self._f32(b.gamma),
                              hist=self._hist[-1].data_ptr(), pos=0))
@@ -277,7 +286,8 @@ class FrameEngine:
                     samples=self._samples.data_ptr(), lat_hist=self._lat.data_ptr(),
                     sizes=self._ptr(torch.tensor([t[0].shape[0] for t in tables], dtype=torch.int32)),
                     scratch=self._ptr(torch.zeros(scratch)))
-        table_ptrs = (c_void_p * len(tables))(*[self._f32(t[1]) for t in tables])
+        # the tables are read a row per code (and the search's candidates), not in full
+        table_ptrs = (c_void_p * len(tables))(*[self._f32(t[1], False) for t in tables])
         self._keep.append(table_ptrs)
         netc.tables = ctypes.cast(table_ptrs, POINTER(c_void_p))
         if self.part == "encoder":
@@ -285,7 +295,8 @@ class FrameEngine:
             netc.out = self._nn_linear(net.out)
             pre = (_Linear * len(tables))(*[self._prefilter(book) for book, _ in tables])
             # the squared norms PyTorch's fp32 search uses, the same floats
-            e2 = (c_void_p * len(tables))(*[self._ptr(codebook_norms(book, torch.float32)[1][0]) for book, _ in tables])
+            e2 = (c_void_p * len(tables))(*[self._ptr(codebook_norms(book, torch.float32)[1][0], True)
+                                            for book, _ in tables])
             self._keep += [pre, e2]
             netc.prefilter = ctypes.cast(pre, POINTER(_Linear))
             netc.e2 = ctypes.cast(e2, POINTER(c_void_p))
