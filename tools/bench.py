@@ -391,7 +391,8 @@ def train_step_time(recipe: str, repeats: int, warmup: int, batch: int | None, c
     """One optimizer step (forward, losses, backward, AdamW) on random audio, fp32 on the CPU:
     the training loop's own ``train_step`` and ``CodecLoss``, one process, one micro-batch; and
     the same step under bf16 autocast (``train.mixed_precision: bf16``: the model's layers in
-    bfloat16, the losses and the quantizer in float32), "bf16_step_s" / "bf16_audio_s_per_s"."""
+    bfloat16, the losses and the quantizer in float32), "bf16_step_s" / "bf16_audio_s_per_s";
+    the two kinds of step alternate, medians of ``repeats`` each."""
     from codec.train.config import load_training_recipe
     from codec.train.losses import CodecLoss
     from codec.train.optim import build_optimizer
@@ -410,9 +411,15 @@ def train_step_time(recipe: str, repeats: int, warmup: int, batch: int | None, c
     def one() -> None:
         train_step(step, loss_fn, opt, sched, [wav], cfg.clip_grad_norm)
 
-    t = timeit(one, repeats, warmup)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        t_bf16 = timeit(one, repeats, warmup)
+    def one_bf16() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            one()
+
+    # fp32 and bf16 steps alternate, so that a drift of the host's speed hits both alike
+    for _ in range(warmup):
+        one(), one_bf16()
+    pairs = [(timeit(one, 1, 0), timeit(one_bf16, 1, 0)) for _ in range(max(1, repeats))]
+    t, t_bf16 = (statistics.median(p[i] for p in pairs) for i in (0, 1))
     parts = train_step_parts(codec, loss_fn, wav, repeats, warmup)
     parts["backward and optimizer (the rest)"] = max(0.0, t - sum(parts.values()))
     # The FLOP limit: a training step costs about 3 forward passes (the backward two), 2 FLOPs
