@@ -417,7 +417,8 @@ def train_step_time(recipe: str, repeats: int, warmup: int, batch: int | None, c
 
     # fp32 and bf16 steps alternate, so that a drift of the host's speed hits both alike
     for _ in range(warmup):
-        one(), one_bf16()
+        one()
+        one_bf16()
     pairs = [(timeit(one, 1, 0), timeit(one_bf16, 1, 0)) for _ in range(max(1, repeats))]
     t, t_bf16 = (statistics.median(p[i] for p in pairs) for i in (0, 1))
     parts = train_step_parts(codec, loss_fn, wav, repeats, warmup)

@@ -124,8 +124,8 @@ class Run:
 
 def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has AMX bfloat16 tiles (the ``amx_bf16`` flag of Linux's ``cpuinfo``;
-    False where the file is missing): there oneDNN runs bfloat16 matrix products about 3x
-    faster than float32 ones, and a training step of the default recipe about 1.25x faster."""
+    False where the file is missing): there oneDNN runs bfloat16 matrix products on the tiles,
+    faster than float32 ones (measured in README, Performance)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
