@@ -408,7 +408,7 @@ def test_optimizer_is_fused_adamw_with_the_per_tensor_loops_update() -> None:
     torch.manual_seed(0)
     nets = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
-    fused, _ = build_optimizer(nets[0], cfg)
+    fused, _ = build_optimizer(torch.nn.ModuleDict({"encoder": nets[0]}), cfg)  # named as a Codec's part
     # the schedule has already scaled the lr to its first step's (the warm-up's start)
     loop = torch.optim.AdamW(nets[1].parameters(), lr=fused.param_groups[0]["lr"], betas=tuple(cfg.betas))
     assert fused.defaults["fused"] is True

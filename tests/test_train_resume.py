@@ -138,3 +138,25 @@ def test_wall_clock_budget_ends_the_run_like_its_last_step(tmp_path: Path) -> No
     assert [(r["step"], r["split"]) for r in rows] == [("1", "train"), ("1", "valid")]
     assert steps(out) == [1]
     assert Codec.from_pretrained(out / "model").num_stages == 4
+
+
+SCHEDULED = ["quantizer_warmup_steps=2", "quantizer_fit_batches=2", "weight_average=0.6", "weight_average_start=1",
+             "schedules.loss.level=[[0, 0], [4, 1]]", "schedules.quantizer.dropout=[[2, 0], [6, 0.5]]",
+             "schedules.lr.encoder=[[2, 1], [2, 0.2]]", "schedules.data.tone_fraction=[[3, 0], [3, 0.5]]"]
+
+
+def test_a_scheduled_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """Schedules, the stack fit at the end of the warm-up and the weight average survive a
+    kill: killed right after step 2's checkpoint (the fit comes after it), resumed, the run
+    exports the uninterrupted run's model bit for bit."""
+    extra = [a for s in SCHEDULED for a in ("--set", s)]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert train(ref, *extra).returncode == 0
+    res = train(out, *extra, crash="after_ckpt:2")
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    res = train(out, *extra, "--resume")
+    assert res.returncode == 0 and "step 2" in res.stderr, res.stderr[-3000:]
+    a = load_file(str(ref / "model" / "model.safetensors"))
+    b = load_file(str(out / "model" / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key}: resumed run differs from the uninterrupted one"

@@ -131,11 +131,16 @@ class Quantizer(nn.Module):
     def set_codebook(self, book: Tensor, counts: Tensor) -> None:
         """Overwrite the stored codewords with ``book`` float [K, dim]; ``counts`` [K] are the
         rows each codeword was fitted on (kinds with running statistics restart them from
-        it). ValueError when the codebook is not stored (``stored_codebook`` is None)."""
+        it). A kind that initialises itself on its first batch (an ``initialized`` flag) counts
+        as initialised from here on. ValueError when the codebook is not stored
+        (``stored_codebook`` is None)."""
         target = self.stored_codebook()
         if target is None:
             raise ValueError(f"{type(self).__name__}: the codebook is computed, not stored")
         target.copy_(book)
+        flag = getattr(self, "initialized", None)
+        if isinstance(flag, Tensor):
+            flag.fill_(True)
 
     def dead_count(self) -> int | None:
         """Codes the kind itself counts as dead (EMA: running cluster size below its

@@ -29,7 +29,7 @@ from torch import Tensor
 from codec.quant.kmeans import lloyd_split
 from codec.quant.residual import ResidualQuantizer, _apply
 
-__all__ = ["StageRefit", "lloyd_split", "refit_codebooks"]
+__all__ = ["StageRefit", "fit_codebooks", "lloyd_split", "refit_codebooks"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,26 @@ def refit_codebooks(quantizer: ResidualQuantizer, latents: Tensor, stages: Itera
         if q.stored_codebook() is None:
             raise ValueError(f"stage {s} ({type(q).__name__}): only stored Euclidean codebooks "
                              "(STE, EMA, DiVeQ without cosine search) can be refitted")
+    return _lloyd_stages(quantizer, latents, wanted, iters, min_fraction, seed, fresh=False)
+
+
+@torch.no_grad()
+def fit_codebooks(quantizer: ResidualQuantizer, latents: Tensor, iters: int = 40, min_fraction: float = 0.1,
+                  seed: int = 0) -> list[StageRefit]:
+    """Fit every stored codebook of ``quantizer`` afresh on latents float [N, latent_dim], stage
+    by stage on the residuals the fitted stages before it leave: k-means from random rows, with
+    the refit's splits. A training run does this when its quantizer warm-up ends
+    (``train.quantizer_fit_batches``), so the stack starts from many batches' latents instead of
+    one batch's. Stages whose codebooks are computed (SimVQ, SF-DiVeQ) or cosine-searched keep
+    their own initialisation. Returns one StageRefit per stage."""
+    stored = {i for i, st in enumerate(quantizer.stages, start=1) if st.quantizer.stored_codebook() is not None}
+    return _lloyd_stages(quantizer, latents, stored, iters, min_fraction, seed, fresh=True)
+
+
+def _lloyd_stages(quantizer: ResidualQuantizer, latents: Tensor, wanted: set[int], iters: int,
+                  min_fraction: float, seed: int, fresh: bool) -> list[StageRefit]:
+    """Lloyd with splits on the ``wanted`` stages in stage order, each from its trained codebook
+    or (``fresh``) from random rows of its residuals; the later stages see the new residuals."""
     gen = torch.Generator(device=latents.device).manual_seed(seed)
     r = latents.detach().float()
     report = []
@@ -72,7 +92,8 @@ def refit_codebooks(quantizer: ResidualQuantizer, latents: Tensor, stages: Itera
         codes = q.search(p, book)
         used0, err0 = int(codes.unique().numel()), float((p - book[codes]).pow(2).sum(1).mean())
         if i in wanted:
-            q.set_codebook(*lloyd_split(p, book, q.search, iters, min_fraction, generator=gen))
+            start = p[torch.randint(0, p.shape[0], (book.shape[0],), generator=gen, device=p.device)] if fresh else book
+            q.set_codebook(*lloyd_split(p, start, q.search, iters, min_fraction, generator=gen))
             book = q.codebook().detach()
             codes = q.search(p, book)
         err1 = float((p - book[codes]).pow(2).sum(1).mean())

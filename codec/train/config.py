@@ -14,6 +14,7 @@ import yaml
 from codec.config import ModelConfig
 from codec.recipe import ConfigError, build_dataclass, deep_merge, load_recipe
 from codec.train.losses import SPECTRA_TERMS, LossConfig
+from codec.train.schedule import parse_schedules
 
 REPO = Path(__file__).resolve().parents[2]
 #: Where the shared LibriSpeech copy lives when neither the recipe nor the environment says.
@@ -51,6 +52,12 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 1000  # linear warm-up from 0
     quantizer_warmup_steps: int = 0  # train this many first steps with the quantizer bypassed (as ESC)
+    # > 0 (with a warm-up): when the warm-up ends, k-means of every stored codebook, stage by
+    # stage, on the encoder's latents of this many batches, before the first quantized step
+    quantizer_fit_batches: int = 0
+    schedules: dict = field(default_factory=dict)  # target -> [[step, value], ...] (codec/train/schedule.py)
+    weight_average: float = 0.0  # > 0: decay of an EMA of the weights, used to validate and export
+    weight_average_start: int = 0  # the average follows the weights exactly up to this step
     total_steps: int = 200_000
     max_minutes: float = 0.0  # > 0: stop (validate, checkpoint, export) after this much wall time
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
@@ -92,6 +99,13 @@ class TrainConfig:
             self.mixed_precision = "no"
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if int(self.quantizer_fit_batches) < 0 or int(self.weight_average_start) < 0:
+            raise ConfigError("train.quantizer_fit_batches and weight_average_start must be >= 0")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ConfigError(f"train.weight_average must be in [0, 1) (0: off), got {self.weight_average}")
+        if not isinstance(self.schedules, dict):
+            raise ConfigError(f"train.schedules must map targets to [[step, value], ...], got {self.schedules!r}")
+        parse_schedules(self.schedules)
         try:
             self.loss.validate()
         except (TypeError, ValueError) as exc:

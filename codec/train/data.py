@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from codec.train.schedule import Schedule
+
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus")
 _LIBRISPEECH_ID = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 
@@ -193,14 +195,17 @@ class CropBatches(Dataset):
     utterances per epoch, so within an epoch no utterance is seen twice, on any rank; the crop
     offset of item i is drawn from a generator seeded with (seed, k, rank, i), and then
     ``augment``'s choices (``gain_db``, ``tone_fraction``, ``tone_grid_hz``) from the same generator.
+    ``tone_fraction`` may be a ``Schedule`` of the optimizer step (micro-step k // ``grad_accum``),
+    so sine crops can enter late and the batch stays a pure function of k.
     Returns {"audio": float [B, 1, T] at ``rate``, "index": int64 [B] utterance indices}.
     """
 
     def __init__(self, utterances: list[Utterance], rate: int, crop_seconds: float, batch_size: int,
                  seed: int, rank: int = 0, world: int = 1, gain_db: tuple[float, float] = (0.0, 0.0),
-                 tone_fraction: float = 0.0, tone_grid_hz: float = 0.0) -> None:
+                 tone_fraction: float | Schedule = 0.0, tone_grid_hz: float = 0.0, grad_accum: int = 1) -> None:
         self.gain_db = (float(gain_db[0]), float(gain_db[1]))
-        self.tone_fraction = float(tone_fraction)
+        self.tone_fraction = tone_fraction if isinstance(tone_fraction, Schedule) else Schedule.constant(tone_fraction)
+        self.grad_accum = int(grad_accum)
         self.tone_grid_hz = float(tone_grid_hz)
         self.utterances = utterances
         self.rate = rate
@@ -230,12 +235,13 @@ class CropBatches(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, Tensor]:
         idx = self.indices(k)
+        tones = self.tone_fraction(k // self.grad_accum)
         audio = np.zeros((len(idx), 1, self.length), dtype=np.float32)
         for i, j in enumerate(idx):
             u = self.utterances[j]
             rng = np.random.default_rng([self.seed, k, self.rank, i])
             crop = fit_length(load_audio(u.path, self.rate, self.crop_seconds, float(rng.random())), self.length)
-            audio[i, 0] = augment(crop, rng, self.rate, self.gain_db, self.tone_fraction, self.tone_grid_hz)
+            audio[i, 0] = augment(crop, rng, self.rate, self.gain_db, tones, self.tone_grid_hz)
         return {"audio": torch.from_numpy(audio), "index": torch.tensor(idx, dtype=torch.long)}
 
 

@@ -11,6 +11,7 @@ non-Parameter state identical themselves, so DDP's per-step buffer broadcast is 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,8 +35,11 @@ from codec.train import checkpoint as ckpt
 from codec.train.config import ConfigError, TrainConfig, load_training_recipe
 from codec.train.data import CropBatches, DataError, utterances_from, validation_set
 from codec.train.logging import LOSS_NAMES, CSVLog, stage_columns
+from codec.quant.refit import fit_codebooks
+from codec.train.average import WeightAverage
 from codec.train.losses import CodecLoss
 from codec.train.optim import build_optimizer
+from codec.train.schedule import Schedule, parse_schedules
 from codec.train.step import TrainStep, train_step
 from codec.train.validate import validate
 
@@ -115,6 +119,8 @@ class Run:
     batches: CropBatches
     start: int  # the step the run continues from (0: fresh)
     log: CSVLog | None  # main process only
+    schedules: dict[str, Schedule] = field(default_factory=dict)  # train.schedules
+    average: WeightAverage | None = None  # train.weight_average
     items_seen: list[str] = field(default_factory=list)
 
     @property
@@ -232,6 +238,9 @@ def setup(recipe: str | Path, overrides: list[str] | None, out_dir: str | Path |
     accelerator.register_for_checkpointing(scheduler)
     codec = accelerator.unwrap_model(module).codec
     loss_fn = CodecLoss(codec.sample_rate, cfg.loss).to(accelerator.device)
+    average = WeightAverage(codec, cfg.weight_average, cfg.weight_average_start) if cfg.weight_average else None
+    if average is not None:
+        accelerator.register_for_checkpointing(average)
 
     start = 0
     if resume and latest is not None:
@@ -241,10 +250,47 @@ def setup(recipe: str | Path, overrides: list[str] | None, out_dir: str | Path |
     if main:
         accelerator.init_trackers("tensorboard")
     log = CSVLog(out / "log.csv", codec.num_stages, resume_step=start if resume else None) if main else None
+    schedules = parse_schedules(cfg.schedules)
+    tones = schedules.get("data.tone_fraction", Schedule.constant(cfg.data.tone_fraction))
     batches = CropBatches(train_utts, codec.sample_rate, cfg.data.crop_seconds, cfg.batch_size,
-                          cfg.seed, rank, world, cfg.data.gain_db, cfg.data.tone_fraction,
-                          cfg.data.tone_grid_hz)
-    return Run(cfg, out, accelerator, module, codec, optimizer, scheduler, loss_fn, valid, batches, start, log)
+                          cfg.seed, rank, world, cfg.data.gain_db, tones, cfg.data.tone_grid_hz, cfg.grad_accum)
+    return Run(cfg, out, accelerator, module, codec, optimizer, scheduler, loss_fn, valid, batches, start, log,
+               schedules, average)
+
+
+def apply_schedules(run: Run, step: int) -> None:
+    """Set the loss weights and the quantizer dropout that ``train.schedules`` gives for the
+    coming optimizer step (``step`` steps done). The lr multipliers live in the optimizer's
+    LambdaLR and the tone fraction in CropBatches, both keyed on the same count."""
+    for name, sched in run.schedules.items():
+        kind, _, key = name.partition(".")
+        if kind == "loss":
+            run.loss_fn.weights[key] = sched(step)
+        elif name == "quantizer.dropout":
+            run.codec.quantizer.dropout = sched(step)
+
+
+@torch.no_grad()
+def fit_quantizer(run: Run) -> None:
+    """The end of the quantizer warm-up (``train.quantizer_fit_batches``): k-means of every
+    stored codebook, stage by stage (``fit_codebooks``), on the encoder's latents of the first
+    ``quantizer_fit_batches`` micro-batches of rank 0; every rank then takes rank 0's stack.
+    A pure function of the weights and the seed, so a resumed run repeats it exactly."""
+    codec, device = run.codec, run.accelerator.device
+    if run.main:
+        was_training = codec.training
+        codec.eval()
+        rows = []
+        for k in range(run.cfg.quantizer_fit_batches):
+            z = codec.encoder(codec._pad(run.batches[k]["audio"].to(device))).float()  # [B, D, F]
+            rows.append(z.transpose(1, 2).reshape(-1, z.shape[1]))
+        codec.train(was_training)
+        report = fit_codebooks(codec.quantizer, torch.cat(rows), seed=run.cfg.seed)
+        used = ", ".join(str(r.used_after) for r in report)
+        print(f"codec: quantizer fitted on {sum(len(r) for r in rows)} latents; codes used per stage: {used}",
+              file=sys.stderr)
+    for t in [*codec.quantizer.parameters(), *codec.quantizer.buffers()]:
+        broadcast_from_rank0(t.data)
 
 
 def log_train(run: Run, step: int, means: Tensor, grad_norm: float, audio_s_per_s: float, bar) -> None:
@@ -254,18 +300,25 @@ def log_train(run: Run, step: int, means: Tensor, grad_norm: float, audio_s_per_
               "dead_codes": s["dead_codes"]} for s in run.codec.quantizer.statistics()]
     logged = {"loss", *run.loss_fn.reported(with_quantizer=True)}
     row = {**{n: float(v) for n, v in zip(LOSS_NAMES, means) if n in logged},
-           "lr": run.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+           "lr": max(run.scheduler.get_last_lr()), "grad_norm": grad_norm,  # the largest part's
            "audio_s_per_s": audio_s_per_s, **stage_columns(stats)}
     run.log.write(step, "train", row)
     run.accelerator.log({f"train/{k}": v for k, v in row.items() if not math.isnan(v)}, step=step)
     bar.set_postfix(loss=f"{row['loss']:.3f}", audio_s_per_s=f"{row['audio_s_per_s']:.1f}")
 
 
+def averaged(run: Run):
+    """A context in which ``run.codec`` holds the averaged weights (train.weight_average), or
+    its own without an average."""
+    return run.average.swapped_in(run.codec) if run.average is not None else contextlib.nullcontext()
+
+
 def run_validation(run: Run, step: int, quantized: bool = True) -> None:
     """Validate through encode and decode (``quantized`` False, during a quantizer warm-up:
-    through the decoder of the unquantized latents) on every rank; the main one writes the
-    valid row."""
-    res = validate(run.accelerator, run.codec, run.loss_fn, run.valid, run.cfg.pesq_utterances, quantized)
+    through the decoder of the unquantized latents) on every rank, with the averaged weights
+    where the run keeps an average; the main one writes the valid row."""
+    with averaged(run):
+        res = validate(run.accelerator, run.codec, run.loss_fn, run.valid, run.cfg.pesq_utterances, quantized)
     if run.main:
         row = {**res["losses"], "pesq": res["pesq"], **stage_columns(res["stages"])}
         run.log.write(step, "valid", row)
@@ -285,12 +338,14 @@ def checkpoint(run: Run, step: int, callbacks: list[Callback]) -> None:
 
 
 def export(run: Run) -> Path:
-    """The trained model as ``out/model`` (``Codec.save_pretrained``, replaced atomically)."""
+    """The trained model as ``out/model`` (``Codec.save_pretrained``, replaced atomically; the
+    averaged weights where the run keeps an average)."""
     model_dir = run.out / "model"
     if run.main:
         tmp = run.out / ".tmp-model"
         shutil.rmtree(tmp, ignore_errors=True)
-        run.codec.save_pretrained(tmp)
+        with averaged(run):
+            run.codec.save_pretrained(tmp)
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp.rename(model_dir)
     return model_dir
@@ -333,6 +388,9 @@ def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str |
     deadline = time.monotonic() + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else None
     stop = False
     while step < cfg.total_steps and not stop:
+        if step == cfg.quantizer_warmup_steps > 0 and cfg.quantizer_fit_batches > 0:
+            fit_quantizer(run)
+        apply_schedules(run, step)
         batch_list = [next(it) for _ in range(accum)]
         for batch in batch_list:
             run.items_seen += [run.batches.utterances[int(i)].id for i in batch["index"]]
@@ -344,6 +402,8 @@ def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str |
         sums += torch.stack([totals[n] if n in totals else sums.new_zeros(()) for n in LOSS_NAMES])
         n_sums += accum
         step += 1
+        if run.average is not None:
+            run.average.update(run.codec, step)
         bar.update(1)
         if deadline is not None:
             late = torch.tensor(float(time.monotonic() > deadline), device=accelerator.device)

@@ -8,6 +8,7 @@ from torch import nn
 from torch.autograd.graph import increment_version
 
 from codec.train.config import TrainConfig
+from codec.train.schedule import LR_PARTS, Schedule, parse_schedules
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -36,21 +37,41 @@ def _adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.o
     return opt
 
 
+def part_of(name: str) -> str:
+    """The model part (``LR_PARTS``) a parameter name of TrainStep or Codec belongs to."""
+    for part in LR_PARTS:
+        if name.startswith((f"{part}.", f"codec.{part}.")):
+            return part
+    raise ValueError(f"parameter {name!r} belongs to no part of {LR_PARTS}")
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``model``'s parameters and its LambdaLR schedule.
+    """AdamW over ``model``'s parameters (TrainStep or Codec) and its LambdaLR schedule: the
+    warm-up and cosine of ``lr_factor`` times, per part, the ``lr.<part>`` schedule of
+    ``train.schedules`` (1 without one).
 
     Weight decay applies to conv / linear weights only: decaying biases, weight-norm gains or
-    codebooks (which the quantizers keep at the scale of the latents) only hurts.
+    codebooks (which the quantizers keep at the scale of the latents) only hurts. Parameter
+    groups: one per part and decay setting that has parameters, each with a "part" key.
     """
-    decay, no_decay = [], []
+    buckets: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         # quantizer.stages.<i>.quantizer.* is a stage's codebook (not its projections)
         is_codebook = "quantizer.stages." in name and ".quantizer." in name.split("stages.", 1)[1]
-        (no_decay if p.dim() < 2 or is_codebook else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (p.dim() < 2 or is_codebook)
+        buckets.setdefault((part_of(name), decays), []).append(p)
+    groups = [{"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "part": part}
+              for (part, decays), params in buckets.items()]
     opt = _adamw(groups, cfg.lr, tuple(cfg.betas))
     warmup, total, floor = cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total, floor))
+    schedules = parse_schedules(cfg.schedules)
+    one = Schedule.constant(1.0)
+
+    def factor(part: str):
+        scale = schedules.get(f"lr.{part}", one)
+        return lambda s: lr_factor(s, warmup, total, floor) * scale(s)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [factor(g["part"]) for g in opt.param_groups])
     return opt, sched
