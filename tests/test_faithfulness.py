@@ -10,7 +10,14 @@ import torch
 from conftest import speech
 
 from codec import Codec
-from codec.eval.faithfulness import TONE_AMPLITUDE, decode_through, level_db, speech_faithfulness, tone, tone_gains
+from codec.eval.faithfulness import (
+    TONE_AMPLITUDE,
+    decode_through,
+    level_db,
+    speech_faithfulness,
+    tone,
+    tone_gains,
+)
 
 
 class _Gain:

@@ -454,7 +454,7 @@ def stream_floor(model: Codec, repeats: int, warmup: int) -> dict[str, float]:
         bufs = [torch.ones(n // 4) for n in sizes]
         n = sum(sizes)
 
-        def read() -> None:
+        def read(bufs: list = bufs) -> None:
             for b in bufs:
                 torch.dot(b, b)
         for _ in range(max(1, warmup)):

@@ -31,12 +31,12 @@ from torch.utils.data import DataLoader
 
 from codec.model import Codec
 from codec.quant.distributed import broadcast_from_rank0
+from codec.quant.refit import fit_codebooks
 from codec.train import checkpoint as ckpt
+from codec.train.average import WeightAverage
 from codec.train.config import ConfigError, TrainConfig, load_training_recipe
 from codec.train.data import CropBatches, DataError, utterances_from, validation_set
 from codec.train.logging import LOSS_NAMES, CSVLog, stage_columns
-from codec.quant.refit import fit_codebooks
-from codec.train.average import WeightAverage
 from codec.train.losses import CodecLoss
 from codec.train.optim import build_optimizer
 from codec.train.schedule import Schedule, parse_schedules

@@ -22,6 +22,7 @@ A target without a schedule keeps its recipe value (``train.loss.<term>``,
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Mapping
 
 from codec.recipe import ConfigError
@@ -48,7 +49,7 @@ class Schedule:
             raise ConfigError(f"train.schedules.{name}: expected [[step, value], ...], got {points!r}") from None
         if not pts:
             raise ConfigError(f"train.schedules.{name}: needs at least one [step, value] point")
-        if any(s < 0 for s, _ in pts) or any(b[0] < a[0] for a, b in zip(pts, pts[1:])):
+        if any(s < 0 for s, _ in pts) or any(b[0] < a[0] for a, b in itertools.pairwise(pts)):
             raise ConfigError(f"train.schedules.{name}: steps must be >= 0 and non-decreasing, got {points!r}")
         self.steps = [s for s, _ in pts]
         self.values = [v for _, v in pts]
