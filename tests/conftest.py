@@ -18,9 +18,18 @@ REPO = Path(__file__).resolve().parents[1]
 KINDS = list(QUANTIZER_KINDS)
 
 
+#: The speech the tests read by default: a small LibriSpeech subset that the repository carries
+#: (tests/data/README.md). Set here in the environment, so the package's own defaults (the
+#: training data root, codec eval's test set) and every subprocess a test starts read it too;
+#: CODEC_DATA=/path/containing/LibriSpeech points the tests at another copy.
+TEST_DATA = REPO / "tests" / "data"
+os.environ.setdefault("CODEC_DATA", str(TEST_DATA))
+
+
 def data_root() -> Path:
-    """LibriSpeech root: $CODEC_DATA/LibriSpeech, default ../shared/data beside the repo."""
-    return Path(os.environ.get("CODEC_DATA", REPO.parent / "shared" / "data")) / "LibriSpeech"
+    """The LibriSpeech root the tests read: $CODEC_DATA/LibriSpeech (tests/data/LibriSpeech
+    unless set)."""
+    return Path(os.environ["CODEC_DATA"]) / "LibriSpeech"
 
 
 def speech(seconds: float, index: int = 0, subset: str = "test-other") -> torch.Tensor:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import data_root
 
 from codec import Codec
 from codec.bitstream import BitstreamError, Priors, packed_size, parse
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def speech_files(n: int) -> list[Path]:
-    root = Path(os.environ.get("CODEC_DATA", REPO.parent / "shared" / "data")) / "LibriSpeech" / "test-other"
+    root = data_root() / "test-other"
     files = sorted(root.rglob("*.flac"))[:n]
     if not files:
         pytest.skip(f"no LibriSpeech FLAC under {root}")

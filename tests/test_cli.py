@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import one_error_line
+from conftest import data_root, one_error_line
 
 from codec import Codec
 from codec.cli import main
@@ -27,7 +27,7 @@ EXE = [shutil.which("codec")] if shutil.which("codec") else [sys.executable, "-m
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("CODEC_DATA", REPO.parent / "shared" / "data")) / "LibriSpeech" / "test-other"
+    return data_root() / "test-other"
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:

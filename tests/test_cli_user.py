@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, one_error_line, speech, tiny_model
+from conftest import REPO, data_root, one_error_line, speech, tiny_model
 
 from codec import Codec
 from codec.bitstream.container import parse
@@ -104,7 +104,7 @@ def test_encode_and_decode_in_a_terminal_show_a_bar_and_write_the_piped_bytes(en
 
 def test_readme_example_in_a_terminal_writes_the_piped_bytes(tmp_path):
     """The README's encode/decode example with the default model, stderr a terminal."""
-    source = Path(os.environ.get("CODEC_DATA", REPO.parent / "shared" / "data")) / README_EXAMPLE
+    source = data_root().parent / README_EXAMPLE
     if not source.is_file():
         pytest.fail(f"missing {source}")
     assert run("encode", str(source), str(tmp_path / "piped.rvq")).returncode == 0
