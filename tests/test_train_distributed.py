@@ -27,7 +27,7 @@ def accelerate_cmd() -> list[str]:
 def test_two_ranks_stay_bitwise_identical(tmp_path: Path) -> None:
     out, dump = tmp_path / "run", tmp_path / "dump"
     cmd = [*accelerate_cmd(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "codec", "train", "recipes/tiny.yaml",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "tests/train_with_hooks.py", "recipes/tiny.yaml",
            "--out-dir", str(out), "--dump-state", str(dump), "--quiet",
            "--set", "total_steps=4", "--set", "batch_size=2", "--set", "log_every=2", "--set", "val_every=4",
            "--set", "ckpt_every=4", "--set", "data.valid_utterances=2", "--set", "pesq_utterances=0",

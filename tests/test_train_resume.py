@@ -33,12 +33,12 @@ SETTINGS = ["total_steps=6", "batch_size=2", "log_every=1", "val_every=3", "ckpt
 
 
 def train(out: Path, *extra: str, crash: str | None = None) -> subprocess.CompletedProcess:
+    """``codec train`` of the tiny recipe in a subprocess; ``crash`` kills it at a checkpoint
+    (tests/train_with_hooks.py's --crash)."""
     args = [a for s in SETTINGS for a in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("CODEC_TRAIN_CRASH", None)
-    if crash:
-        env["CODEC_TRAIN_CRASH"] = crash
-    cmd = [sys.executable, "-m", "codec", "train", "recipes/tiny.yaml", "--out-dir", str(out), "-q", *args, *extra]
+    runner = [str(REPO / "tests" / "train_with_hooks.py"), "--crash", crash] if crash else ["-m", "codec", "train"]
+    cmd = [sys.executable, *runner, "recipes/tiny.yaml", "--out-dir", str(out), "-q", *args, *extra]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 

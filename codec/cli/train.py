@@ -37,9 +37,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", help="output folder (default: train.out_dir, else exp/<recipe name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in the output folder (fresh start if none)")
-    p.add_argument("--dump-state", metavar="DIR",
-                   help="testing aid: each rank writes its final weights and buffers (rank<r>.safetensors) and "
-                        "the ids of the utterances it trained on (rank<r>.json) into DIR")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary line")
     p.set_defaults(func=run)
 
@@ -51,7 +48,6 @@ def run(args: argparse.Namespace) -> None:
     from codec.train.loop import train
 
     try:
-        train(args.recipe, args.overrides, out_dir=args.out_dir, resume=args.resume,
-              dump_state=args.dump_state, quiet=args.quiet)
+        train(args.recipe, args.overrides, out_dir=args.out_dir, resume=args.resume, quiet=args.quiet)
     except (ConfigError, DataError) as exc:
         raise CLIError(str(exc).splitlines()[0]) from None

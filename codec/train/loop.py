@@ -12,11 +12,9 @@ non-Parameter state identical themselves, so DDP's per-step buffer broadcast is 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 import warnings
@@ -43,10 +41,6 @@ from codec.train.schedule import Schedule, parse_schedules
 from codec.train.step import TrainStep, train_step
 from codec.train.validate import validate
 
-#: Test hook: "after_ckpt:STEP" SIGKILLs the process right after the checkpoint of STEP is
-#: complete, "during_ckpt:STEP" while it is half-written (before the rename).
-CRASH_ENV = "CODEC_TRAIN_CRASH"
-
 
 @dataclass
 class RunResult:
@@ -68,39 +62,6 @@ class Callback:
 
     def at_end(self, codec: Codec, rank: int, items: list[str]) -> None:
         """Training ended; ``items``: the ids of the utterances this rank trained on."""
-
-
-class CrashAt(Callback):
-    """SIGKILL the process during or after the checkpoint of one step (``CODEC_TRAIN_CRASH``)."""
-
-    def __init__(self, spec: str) -> None:
-        kind, _, step = spec.partition(":")
-        self.during = int(step) if kind == "during_ckpt" and step.isdigit() else None
-        self.after = int(step) if kind == "after_ckpt" and step.isdigit() else None
-
-    def during_checkpoint(self, step: int) -> None:
-        if step == self.during:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def after_checkpoint(self, step: int) -> None:
-        if step == self.after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-class DumpState(Callback):
-    """Every rank writes its final state_dict (rank<r>.safetensors) and the utterance ids it
-    trained on (rank<r>.json) into ``directory``."""
-
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-
-    def at_end(self, codec: Codec, rank: int, items: list[str]) -> None:
-        from safetensors.torch import save_file
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in codec.state_dict().items()}
-        save_file(state, str(self.directory / f"rank{rank}.safetensors"))
-        (self.directory / f"rank{rank}.json").write_text(json.dumps({"items": items}) + "\n")
 
 
 @dataclass
@@ -352,21 +313,15 @@ def export(run: Run) -> Path:
 
 
 def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str | Path | None = None,
-          resume: bool = False, dump_state: str | Path | None = None, quiet: bool = False,
-          callbacks: list[Callback] | None = None) -> RunResult:
+          resume: bool = False, quiet: bool = False, callbacks: list[Callback] | None = None) -> RunResult:
     """Train the recipe's model; returns where the results are.
 
     Writes under out_dir: recipe.yaml (the merged recipe), log.csv, tensorboard/, checkpoints/
     and, at the end, model/ (``Codec.save_pretrained``). ``resume`` continues from the newest
-    complete checkpoint. ``dump_state`` (a test hook, ``DumpState``) makes every rank write its
-    final state and the utterances it trained on. $CODEC_TRAIN_CRASH adds ``CrashAt``.
-    Raises ConfigError / DataError on bad input.
+    complete checkpoint. ``callbacks`` hook into the run (the tests' crash and state-dump
+    hooks: tests/train_with_hooks.py). Raises ConfigError / DataError on bad input.
     """
     callbacks = list(callbacks or [])
-    if os.environ.get(CRASH_ENV):
-        callbacks.append(CrashAt(os.environ[CRASH_ENV]))
-    if dump_state is not None:
-        callbacks.append(DumpState(dump_state))
     run = setup(recipe, overrides, out_dir, resume)
     cfg, accelerator, rank = run.cfg, run.accelerator, run.accelerator.process_index
     accum, world = cfg.grad_accum, accelerator.num_processes

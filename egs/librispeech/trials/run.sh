@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Learn-faster trials (egs/librispeech/RESULTS.md, "Learn-faster trials"): train the named
 # trial recipes of this folder side by side, one thread each (a 2-core machine: two at a
-# time), then score each on all 100 test-other utterances (codec eval: unquantized, 3, 6 and
-# 12 stages). Resumable: a finished training is not redone, a stopped one resumes.
+# time), then score them on all 100 test-other utterances (codec eval at 3, 6 and 12 stages;
+# tools/unquantized_quality.py). Resumable: a finished training is not redone, a stopped one resumes.
 #   bash egs/librispeech/trials/run.sh today schedule
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -15,7 +15,10 @@ for name in "$@"; do
   fi
 done
 wait
-for name in "$@"; do
-  [ -f "$out/$name/eval/summary.md" ] || codec eval "$out/$name/model" --stages 3,6,12 --unquantized \
-    --opus none --out "$out/$name/eval" --force
-done
+# Scores on all 100 test-other utterances, all trials in one evaluation (PESQ paired per
+# utterance): 3, 6 and 12 stages (1.5, 3, 6 kbps), and the decoder of the unquantized latents.
+models=()
+for name in "$@"; do models+=("$out/$name/model"); done
+data=${CODEC_DATA:-../shared/data}/LibriSpeech/test-other
+codec eval "${models[@]}" --data "$data" --stages 3,6,12 --opus none --out "$out/eval"
+python tools/unquantized_quality.py "${models[@]}" --data "$data" --json "$out/eval/unquantized.json"
