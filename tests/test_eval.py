@@ -133,8 +133,10 @@ def test_eval_end_to_end_writes_all_outputs_deterministically(env, tmp_path, cap
     err = capsys.readouterr().err
     assert "tiny_a has 4 stages; skipping --stages 8" in err
     out = tmp_path / "out"
-    for name in ("results.csv", "summary.md", "rate_quality.png", "codebooks.png", "codebooks.csv"):
+    for name in ("results.csv", "summary.md", "rate_quality.png", "codebooks.png", "codebooks.csv", "report.html"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    # the page's players: 3 utterances x (original, stages 1 and 2 of tiny_a and of tiny_b, Opus)
+    assert len(list((out / "listen").glob("*.flac"))) == 3 * (1 + 2 + 2 + HAVE_OPUS)
     for png in ("rate_quality.png", "codebooks.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -178,7 +180,7 @@ def test_eval_goes_on_without_opusenc(env, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("case", [
     "missing_model", "not_a_model", "empty_data", "missing_data", "bad_stages", "zero_stage",
-    "too_many_stages", "bad_opus", "bad_limit", "no_priors",
+    "too_many_stages", "bad_opus", "bad_limit", "no_priors", "bad_listen",
 ])
 def test_eval_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys, case):
     (tmp_path / "empty").mkdir()
@@ -196,6 +198,7 @@ def test_eval_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys, case):
         "bad_opus": {"extra": ["--opus", "6,fast"]},
         "bad_limit": {"extra": ["--limit", "0"]},
         "no_priors": {"model": str(tmp_path / "nopriors"), "extra": ["--entropy"]},
+        "bad_listen": {"extra": ["--listen", "-1"]},
     }[case])
     code = main(["eval", base["model"], "--data", base["data"], *base["extra"], "--out", str(tmp_path / "out")])
     assert code == 2

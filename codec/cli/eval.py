@@ -18,6 +18,12 @@ opusdec (Debian's opus-tools), its bitrate also from the real file size.
 Writes OUT/results.csv (one row per utterance, system, setting), OUT/summary.md,
 OUT/rate_quality.png, OUT/codebooks.png and OUT/codebooks.csv. Results are deterministic and do
 not depend on --jobs.
+
+OUT/report.html puts it on one page to read and to listen to: both plots, the summary table
+with its 95% intervals, and players for a few utterances (--listen, one per speaker): the
+original, each model at each stage count and Opus at each bitrate, the first 5 s of exactly
+the audio that was scored, as FLAC files in OUT/listen/. The page loads nothing from the
+web and links its clips relatively: copy or serve the folder as it is.
 """
 
 EPILOG = """\
@@ -49,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also evaluate each model with int8 weights (Codec.int8, the fast streaming precision) "
                         "as system MODEL+int8")
     p.add_argument("--limit", type=int, metavar="N", help="use only N files, taken in turn from each top-level folder (speaker) so all are covered")
+    p.add_argument("--listen", type=int, default=4, metavar="N",
+                   help="utterances with players on report.html, one per speaker (default 4; 0: none)")
     p.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: all cores)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (created if needed)")
     p.set_defaults(func=run)
@@ -72,6 +80,6 @@ def run(args: argparse.Namespace) -> None:
     try:
         run_evaluation(args.models, args.out, data=args.data, stages=args.stages, opus=args.opus,
                        entropy=args.entropy, limit=args.limit, jobs=args.jobs, warn=warn, note=note,
-                       int8=args.int8)
+                       int8=args.int8, listen=args.listen)
     except (EvalError, OpusError) as e:
         raise CLIError(str(e)) from None

@@ -4,6 +4,7 @@ per-stage codebook usage, and an Opus baseline (``codec eval``).
 metrics.py   the four quality metrics          opus.py      opusenc / opusdec round trip
 sweep.py     tasks in a process pool           report.py    results.csv, codebooks.csv, summary.md
 plots.py     rate_quality.png, codebooks.png   evaluate.py  input checks and the whole run
+clips.py     listening clips (which, names)    page.py      report.html (plots, table, players)
 command.py   the ``codec eval`` subcommand
 """
 from __future__ import annotations

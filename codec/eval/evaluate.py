@@ -1,4 +1,5 @@
-"""``codec eval``: check the inputs, run the sweep, write the four outputs.
+"""``codec eval``: check the inputs, run the sweep, write the outputs (tables, plots, report.html
+and its listening clips).
 
 Everything the user can get wrong (a model directory that is missing or not a model, a data
 folder without audio, a bad stage list) raises EvalError with a one-line message before any
@@ -12,13 +13,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from codec.eval.clips import LISTEN_UTTERANCES
 from codec.eval.sweep import INT8_SUFFIX, System
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STAGES = "1,2,4,8,12"
 DEFAULT_OPUS = "6,8,12,16"
 OPUS_NAME = "opus"
-OUTPUTS = ("results.csv", "summary.md", "rate_quality.png", "codebooks.png")
+OUTPUTS = ("results.csv", "summary.md", "rate_quality.png", "codebooks.png", "report.html")
 
 
 class EvalError(ValueError):
@@ -131,10 +133,11 @@ def find_data(data: str | Path, limit: int | None) -> list[tuple[str, str]]:
 def run_evaluation(models: Sequence[str], out: str | Path, data: str | Path | None = None,
                    stages: str = DEFAULT_STAGES, opus: str = DEFAULT_OPUS, entropy: bool = False,
                    limit: int | None = None, jobs: int | None = None, progress: bool | None = None,
-                   int8: bool = False,
+                   int8: bool = False, listen: int = LISTEN_UTTERANCES,
                    warn: Callable[[str], None] = print, note: Callable[[str], None] = print,
                    ) -> dict[str, Path]:
-    """Evaluate ``models`` (directories from save_pretrained) and Opus; returns the output paths."""
+    """Evaluate ``models`` (directories from save_pretrained) and Opus; returns the output paths.
+    report.html has players for ``listen`` utterances (clips in OUT/listen/; 0: none)."""
     if not models:
         raise EvalError("no model directories given")
     stage_list = parse_list(stages, "--stages")
@@ -143,6 +146,8 @@ def run_evaluation(models: Sequence[str], out: str | Path, data: str | Path | No
     opus_rates = parse_list(opus, "--opus", float)
     if jobs is not None and jobs < 1:
         raise EvalError(f"--jobs {jobs}: must be at least 1")
+    if listen < 0:
+        raise EvalError(f"--listen {listen}: must be 0 or more")
     data = default_data() if data is None else Path(data)
     files = find_data(data, limit)
     systems = load_systems(models, stage_list, entropy, warn, int8)
@@ -163,11 +168,18 @@ def run_evaluation(models: Sequence[str], out: str | Path, data: str | Path | No
         raise EvalError(f"--out {out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
 
-    from codec.eval import plots, report
+    from codec.eval import clips, page, plots, report
     from codec.eval.sweep import sweep
 
     start = time.monotonic()
-    rows, counts = sweep(systems, files, jobs or os.cpu_count() or 1, progress)
+    chosen = clips.choose_utterances(files, listen)
+    clip_dir = out / clips.LISTEN_DIR
+    if chosen:
+        clip_dir.mkdir(exist_ok=True)
+        for k, (path, _) in enumerate(chosen, start=1):
+            clips.write_original(clip_dir / clips.original_file(k), path)
+    listened = [utt for _, utt in chosen]
+    rows, counts = sweep(systems, files, jobs or os.cpu_count() or 1, progress, clip_dir, listened)
     points = report.aggregate(rows)
     codebooks = report.codebook_table(counts)
     seconds = sum(r["duration_s"] for r in rows if r["system"] == systems[0].name) / len(systems[0].settings)
@@ -177,6 +189,12 @@ def run_evaluation(models: Sequence[str], out: str | Path, data: str | Path | No
     paths["summary.md"].write_text(report.summary_markdown(points, codebooks, str(data), len(files), seconds, notes))
     plots.rate_quality(paths["rate_quality.png"], points, OPUS_NAME)
     plots.codebooks(paths["codebooks.png"], codebooks)
+    # the page last: it embeds the plots just written and links the clips the sweep wrote
+    sections = page.listening_sections(listened, systems, rows)
+    figures = {name: (out / name).read_bytes() for name, _ in page.FIGURES}
+    page.write_page(paths["report.html"], page.render(points, codebooks, figures, sections, str(data),
+                                                      len(files), seconds, notes))
+    clips.remove_stale(clip_dir, page.linked_files(sections))
     paths["codebooks.csv"] = out / "codebooks.csv"
     counts = (f"{len(systems)} system{'s' * (len(systems) != 1)} on {len(files)}"
               f" utterance{'s' * (len(files) != 1)}")

@@ -120,18 +120,28 @@ def write_results(path: Path, rows: Sequence[dict]) -> None:
     write_csv(path, rows, COLUMNS)
 
 
-def _f(x: float, digits: int) -> str:
+def fmt(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals; 'n/a' for NaN or infinity."""
     return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _pm(stat: tuple[float, float, int], digits: int) -> str:
+def fmt_ci(stat: tuple[float, float, int], digits: int) -> str:
+    """A ``mean_ci`` as 'mean ± half-width' (the mean alone where there is no interval)."""
     mean, half, _ = stat
-    return _f(mean, digits) if not math.isfinite(half) else f"{_f(mean, digits)} ± {_f(half, digits)}"
+    return fmt(mean, digits) if not math.isfinite(half) else f"{fmt(mean, digits)} ± {fmt(half, digits)}"
+
+
+def stage_usage(point: Point, codebooks: Sequence[dict]) -> str:
+    """Utilisation of each stage the point uses ('0.91 0.88 ...'; '' for Opus), from the
+    ``codebook_table`` rows of its model (a +entropy system: those of the model it codes)."""
+    util = {(c["system"], c["stage"]): c["utilisation"] for c in codebooks}
+    stages = int(point.stages) if point.stages != "" else 0
+    base = point.system.removesuffix("+entropy")
+    return " ".join(fmt(util[(base, i)], 2) for i in range(1, stages + 1) if (base, i) in util)
 
 
 def summary_markdown(points: Sequence[Point], codebooks: Sequence[dict], data: str, num_files: int,
                      seconds: float, notes: Sequence[str] = ()) -> str:
-    util = {(c["system"], c["stage"]): c["utilisation"] for c in codebooks}
     lines = [
         "# Rate-quality evaluation",
         "",
@@ -146,13 +156,11 @@ def summary_markdown(points: Sequence[Point], codebooks: Sequence[dict], data: s
         "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |",
     ]
     for p in points:
-        stages = int(p.stages) if p.stages != "" else 0
-        base = p.system.removesuffix("+entropy")
-        usage = " ".join(_f(util[(base, i)], 2) for i in range(1, stages + 1) if (base, i) in util)
+        usage = stage_usage(p, codebooks)
         lines.append(
-            f"| {p.system} | {p.stages if stages else '-'} | {p.nominal_kbps:.2f} | {p.kbps:.2f} "
-            f"| {p.payload_kbps:.2f} | {_pm(p.means['pesq'], 3)} | {_f(p.means['stoi'][0], 3)} "
-            f"| {_f(p.means['mel_distance'][0], 3)} | {_f(p.means['si_sdr'][0], 2)} | {usage or '-'} |"
+            f"| {p.system} | {p.stages if p.stages != '' else '-'} | {p.nominal_kbps:.2f} | {p.kbps:.2f} "
+            f"| {p.payload_kbps:.2f} | {fmt_ci(p.means['pesq'], 3)} | {fmt(p.means['stoi'][0], 3)} "
+            f"| {fmt(p.means['mel_distance'][0], 3)} | {fmt(p.means['si_sdr'][0], 2)} | {usage or '-'} |"
         )
     if codebooks:
         lines += [

@@ -7,6 +7,8 @@ byte-identical to ``codec encode --stages n``), parses and decodes each file and
 decoded audio against the original. With ``entropy`` it also writes the range-coded file of
 the same codes, checks that it decodes to the same codes and reports its size under the
 system name ``NAME+entropy`` (same audio, so same scores). Opus tasks run opusenc/opusdec.
+A task of an utterance chosen for the listening page also writes, per setting, the start of
+the audio it scored as a clip (``codec.eval.clips``).
 
 Results come back in task order whatever the number of processes, and every worker runs
 torch on one thread, so the numbers are identical from run to run and for any --jobs.
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from codec.eval.clips import clip_file, write_clip
 from codec.eval.metrics import METRIC_RATE, score, to_metric_rate
 
 COLUMNS = (
@@ -56,6 +59,7 @@ class Task:
     system: System
     path: str  # audio file
     utterance: str  # its name in the results (path relative to the data folder)
+    clips: tuple[str, ...] = ()  # listening clips to write, one per setting of the system; () for none
 
 
 @dataclass
@@ -124,6 +128,8 @@ def codec_task(task: Task, workdir: Path) -> TaskResult:
         parsed_n = parse(path.read_bytes())
         decoded = decode_audio(model, parsed_n)
         metrics = score(reference, to_metric_rate(decoded, model.sample_rate))
+        if task.clips:
+            write_clip(task.clips[system.settings.index(n)], decoded, model.sample_rate)
         nominal = parsed_n.header.nominal_bitrate
         result.rows.append(_row(system.name, n, task.utterance, duration, nominal,
                                 path.stat().st_size, parsed_n.payload_size, metrics))
@@ -147,8 +153,10 @@ def opus_task(task: Task, workdir: Path) -> TaskResult:
     reference = read_audio(task.path, METRIC_RATE)
     duration = len(reference) / METRIC_RATE
     result = TaskResult()
-    for kbps in task.system.settings:
+    for i, kbps in enumerate(task.system.settings):
         out = opus_roundtrip(reference, METRIC_RATE, kbps, workdir)
+        if task.clips:
+            write_clip(task.clips[i], out.audio, METRIC_RATE)
         result.rows.append(_row(task.system.name, "", task.utterance, duration, 1000 * kbps,
                                 out.file_size, out.payload_size, score(reference, out.audio)))
     return result
@@ -205,13 +213,23 @@ def run_tasks(tasks: Sequence[Task], jobs: int, progress: bool | None = None) ->
 
 
 def sweep(systems: Sequence[System], files: Sequence[tuple[str, str]], jobs: int,
-          progress: bool | None = None) -> tuple[list[dict], dict[str, tuple[list[np.ndarray], int]]]:
-    """Run every system on every (path, utterance) file.
+          progress: bool | None = None, clip_dir: Path | None = None,
+          listen: Sequence[str] = ()) -> tuple[list[dict], dict[str, tuple[list[np.ndarray], int]]]:
+    """Run every system on every (path, utterance) file; for the utterances named in
+    ``listen`` also write their clips into ``clip_dir`` (``clips.clip_file``: the n-th of
+    ``listen`` and the n-th system, counted from 1).
 
     Returns the rows (ordered by system, then setting, then file) and, per codec system, the
     per-stage code counts summed over all files with the number of frames.
     """
-    tasks = [Task(s, path, utt) for s in systems for path, utt in files]
+    listen_no = {utt: k for k, utt in enumerate(listen, start=1)}
+
+    def clips(j: int, s: System, utt: str) -> tuple[str, ...]:
+        if clip_dir is None or utt not in listen_no:
+            return ()
+        return tuple(str(clip_dir / clip_file(listen_no[utt], j, s.name, s.kind, v)) for v in s.settings)
+
+    tasks = [Task(s, path, utt, clips(j, s, utt)) for j, s in enumerate(systems, start=1) for path, utt in files]
     rows: list[dict] = []
     counts: dict[str, tuple[list[np.ndarray], int]] = {}
     for task, result in zip(tasks, run_tasks(tasks, jobs, progress)):
