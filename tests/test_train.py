@@ -116,6 +116,23 @@ def test_augmentation_adds_tones_and_gains_and_is_off_by_default(train_utts) -> 
     assert augment(speech_crop, rng, 16000) is speech_crop and rng.random() == np.random.default_rng(0).random()
 
 
+def test_device_crops_are_the_crops_of_crop_batches(train_utts) -> None:
+    """DeviceCrops (the training audio held in one tensor, crops cut there: the GPU path) draws
+    what CropBatches draws: the same crops, tones and gains, for short utterances too (padded
+    with zeros); tones up to float rounding of the sines."""
+    from codec.train.data import DeviceCrops
+
+    utts = train_utts[:12]
+    for kw in ({}, {"gain_db": (-6.0, 6.0), "tone_fraction": 0.5, "tone_grid_hz": 50.0}):
+        files = CropBatches(utts, 16000, 3.0, 5, seed=4, **kw)  # 3 s: longer than some utterances
+        held = DeviceCrops(utts, 16000, 3.0, 5, seed=4, **kw)
+        for k in (0, 3, 7):
+            a, b = files[k], held[k]
+            assert torch.equal(a["index"], b["index"]) and a["audio"].shape == b["audio"].shape == (5, 1, 48000)
+            torch.testing.assert_close(a["audio"], b["audio"], rtol=0, atol=1e-6)
+    assert any((files[k]["audio"][:, 0, -100:] == 0).all(dim=1).any() for k in range(8))  # some were padded
+
+
 def test_augmentation_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="gain_db"):
         load_training_recipe(TINY, ["data.gain_db=[3, -3]"])

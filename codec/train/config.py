@@ -37,6 +37,7 @@ class DataConfig:
     gain_db: list = field(default_factory=lambda: [0.0, 0.0])  # random gain per crop, uniform in [lo, hi] dB
     tone_fraction: float = 0.0  # crops that get 1-3 sines added (half of them without the speech)
     tone_grid_hz: float = 0.0  # > 0: half the sines at multiples of it (the STFT bin spacing: still spectra)
+    on_device: bool = False  # hold the training audio on the run's device and cut crops there (GPU runs)
 
 
 @dataclass

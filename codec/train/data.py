@@ -151,9 +151,20 @@ def fit_length(x: np.ndarray, length: int) -> np.ndarray:
     return x[:length] if len(x) >= length else np.pad(x, (0, length - len(x)))
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, rate: int, gain_db: tuple[float, float] = (0.0, 0.0),
-            tone_fraction: float = 0.0, tone_grid_hz: float = 0.0) -> np.ndarray:
-    """One training crop float32 [T] -> the crop the codec learns from, drawn from ``rng``.
+@dataclass(frozen=True)
+class Augmentation:
+    """What ``draw_augmentation`` chose for one crop: sines as rows (frequency Hz, amplitude,
+    phase rad), whether they replace the speech (``pure``), and a linear gain."""
+
+    sines: np.ndarray  # float64 [n, 3], n = 0 for none
+    pure: bool
+    gain: float
+
+
+def draw_augmentation(rng: np.random.Generator, rate: int, gain_db: tuple[float, float] = (0.0, 0.0),
+                      tone_fraction: float = 0.0, tone_grid_hz: float = 0.0) -> Augmentation | None:
+    """The random choices for one training crop, from ``rng``; None (and nothing drawn) when
+    both augmentations are off.
 
     With probability ``tone_fraction``, 1-3 sines (frequencies log-uniform over 50 Hz .. 0.45
     ``rate``, amplitudes log-uniform 0.02 .. 0.4 shared between them, random phases) are added,
@@ -162,30 +173,56 @@ def augment(x: np.ndarray, rng: np.random.Generator, rate: int, gain_db: tuple[f
     multiple of it with probability 1/2: with the analysis bin spacing (sample rate / STFT
     window) such a sine's spectrum stands still from frame to frame, which random frequencies
     almost never give (a model trained without them decoded 1 kHz as near-silence while
-    passing 1010 Hz: the default model's card). Then a gain uniform in ``gain_db`` (dB). A
-    crop either step changed whose peak passes 0.99 is scaled down to it instead of clipping. With the defaults it
-    returns ``x`` unchanged and draws nothing."""
-    changed = False
+    passing 1010 Hz: the default model's card). Then a gain uniform in ``gain_db`` (dB)."""
+    lo, hi = gain_db
+    if not (tone_fraction > 0 or hi > lo or lo != 0):
+        return None
+    sines, pure = np.zeros((0, 3)), False
     if tone_fraction > 0 and rng.random() < tone_fraction:
         n = int(rng.integers(1, 4))
-        t = np.arange(len(x)) / rate
         freqs = np.exp(rng.uniform(np.log(50.0), np.log(0.45 * rate), n))
         if tone_grid_hz > 0:
             snap = rng.random(n) < 0.5
             freqs[snap] = np.maximum(1, np.round(freqs[snap] / tone_grid_hz)) * tone_grid_hz
         amps = np.exp(rng.uniform(np.log(0.02), np.log(0.4), n)) / n
         phases = rng.uniform(0, 2 * np.pi, n)
-        tones = (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None])).sum(0)
-        x = (tones if rng.random() < 0.5 else x + tones).astype(np.float32)
-        changed = True
-    lo, hi = gain_db
-    if hi > lo or lo != 0:
-        x = x * np.float32(10.0 ** (rng.uniform(lo, hi) / 20.0))
-        changed = True
-    peak = float(np.abs(x).max()) if changed and len(x) else 0.0
-    if peak > 0.99:
-        x = x * np.float32(0.99 / peak)
-    return x
+        sines, pure = np.stack([freqs, amps, phases], axis=1), bool(rng.random() < 0.5)
+    gain = float(10.0 ** (rng.uniform(lo, hi) / 20.0)) if (hi > lo or lo != 0) else 1.0
+    return Augmentation(sines, pure, gain)
+
+
+def apply_augmentation(x: Tensor, augs: list[Augmentation | None], rate: int) -> Tensor:
+    """Crops float32 [B, T] (any device) and one ``draw_augmentation`` result per crop -> the
+    crops the codec learns from: sines added (or alone), the gain applied, and a crop so
+    changed whose peak passes 0.99 scaled down to it instead of clipping. The sines are
+    computed in float64 on the crops' device (so on a GPU the audio never leaves it)."""
+    if all(a is None for a in augs):
+        return x
+    out = x.clone()
+    t = torch.arange(x.shape[-1], device=x.device, dtype=torch.float64) / rate
+    for i, a in enumerate(augs):
+        if a is None:
+            continue
+        y = out[i]
+        if len(a.sines):
+            f, amp, ph = (torch.as_tensor(a.sines[:, j], device=x.device)[:, None] for j in range(3))
+            tones = (amp * torch.sin(2 * math.pi * f * t + ph)).sum(0).to(x.dtype)
+            y = tones if a.pure else y + tones
+        y = y * a.gain if a.gain != 1.0 else y
+        peak = y.abs().max() if y.numel() else y.new_zeros(())
+        out[i] = torch.where(peak > 0.99, y * (0.99 / peak.clamp_min(1e-12)), y)
+    return out
+
+
+def augment(x: np.ndarray, rng: np.random.Generator, rate: int, gain_db: tuple[float, float] = (0.0, 0.0),
+            tone_fraction: float = 0.0, tone_grid_hz: float = 0.0) -> np.ndarray:
+    """One training crop float32 [T] -> the crop the codec learns from, drawn from ``rng``
+    (``draw_augmentation``, then ``apply_augmentation``). With the defaults it returns ``x``
+    itself and draws nothing."""
+    aug = draw_augmentation(rng, rate, gain_db, tone_fraction, tone_grid_hz)
+    if aug is None:
+        return x
+    return apply_augmentation(torch.from_numpy(np.ascontiguousarray(x))[None], [aug], rate)[0].numpy()
 
 
 class CropBatches(Dataset):
@@ -233,16 +270,54 @@ class CropBatches(Dataset):
             out.append(int(self._permutation(g // n)[g % n]))
         return out
 
-    def __getitem__(self, k: int) -> dict[str, Tensor]:
+    def draws(self, k: int) -> tuple[list[int], list[float], list[Augmentation | None]]:
+        """Micro-step k's choices: utterance indices, crop start fractions (of the span a crop
+        leaves free in its utterance) and augmentations, one each per item."""
         idx = self.indices(k)
         tones = self.tone_fraction(k // self.grad_accum)
-        audio = np.zeros((len(idx), 1, self.length), dtype=np.float32)
-        for i, j in enumerate(idx):
-            u = self.utterances[j]
+        starts, augs = [], []
+        for i in range(len(idx)):
             rng = np.random.default_rng([self.seed, k, self.rank, i])
-            crop = fit_length(load_audio(u.path, self.rate, self.crop_seconds, float(rng.random())), self.length)
-            audio[i, 0] = augment(crop, rng, self.rate, self.gain_db, tones, self.tone_grid_hz)
-        return {"audio": torch.from_numpy(audio), "index": torch.tensor(idx, dtype=torch.long)}
+            starts.append(float(rng.random()))
+            augs.append(draw_augmentation(rng, self.rate, self.gain_db, tones, self.tone_grid_hz))
+        return idx, starts, augs
+
+    def __getitem__(self, k: int) -> dict[str, Tensor]:
+        idx, starts, augs = self.draws(k)
+        audio = np.zeros((len(idx), self.length), dtype=np.float32)
+        for i, (j, start) in enumerate(zip(idx, starts)):
+            audio[i] = fit_length(load_audio(self.utterances[j].path, self.rate, self.crop_seconds, start), self.length)
+        audio = apply_augmentation(torch.from_numpy(audio), augs, self.rate)
+        return {"audio": audio[:, None], "index": torch.tensor(idx, dtype=torch.long)}
+
+
+class DeviceCrops(CropBatches):
+    """CropBatches with every training utterance held in one tensor on ``device`` (a GPU), the
+    crops cut and augmented there: the same draws as CropBatches (so the same crops for 16 kHz
+    files, up to float rounding of the sines), no file reads and no host-to-device copies per
+    step. Holds the whole training set in memory (train-clean-100's 100 hours: 23 GB)."""
+
+    def __init__(self, utterances: list[Utterance], rate: int, crop_seconds: float, batch_size: int,
+                 seed: int, rank: int = 0, world: int = 1, gain_db: tuple[float, float] = (0.0, 0.0),
+                 tone_fraction: float | Schedule = 0.0, tone_grid_hz: float = 0.0, grad_accum: int = 1,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(utterances, rate, crop_seconds, batch_size, seed, rank, world, gain_db, tone_fraction,
+                         tone_grid_hz, grad_accum)
+        waves = [torch.from_numpy(load_audio(u.path, rate)) for u in utterances]
+        self.lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+        self.offsets = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), self.lengths[:-1]]), 0)
+        # one zero sample at the end: short utterances are padded by indexing it
+        self.audio = torch.cat([*waves, torch.zeros(1)]).to(device)
+        self.device = self.audio.device
+
+    def __getitem__(self, k: int) -> dict[str, Tensor]:
+        idx, starts, augs = self.draws(k)
+        lengths = self.lengths[idx]
+        first = (torch.tensor(starts, dtype=torch.float64) * (lengths - self.length).clamp_min(0)).long()
+        pos = first[:, None] + torch.arange(self.length)  # [B, T] within each utterance
+        flat = torch.where(pos < lengths[:, None], self.offsets[idx][:, None] + pos, self.audio.numel() - 1)
+        audio = apply_augmentation(self.audio[flat.to(self.device)], augs, self.rate)
+        return {"audio": audio[:, None], "index": torch.tensor(idx, dtype=torch.long)}
 
 
 def validation_set(utterances: list[Utterance], train_speakers: set[str], count: int, rate: int,

@@ -33,7 +33,7 @@ from codec.quant.refit import fit_codebooks
 from codec.train import checkpoint as ckpt
 from codec.train.average import WeightAverage
 from codec.train.config import ConfigError, TrainConfig, load_training_recipe
-from codec.train.data import CropBatches, DataError, utterances_from, validation_set
+from codec.train.data import CropBatches, DataError, DeviceCrops, utterances_from, validation_set
 from codec.train.logging import LOSS_NAMES, CSVLog, stage_columns
 from codec.train.losses import CodecLoss
 from codec.train.optim import build_optimizer
@@ -92,7 +92,7 @@ class Run:
 def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has AMX bfloat16 tiles (the ``amx_bf16`` flag of Linux's ``cpuinfo``;
     False where the file is missing): there oneDNN runs bfloat16 matrix products on the tiles,
-    faster than float32 ones (measured in README, Performance)."""
+    faster than float32 ones (measured in docs/performance.md)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
@@ -103,7 +103,7 @@ def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 def _mixed_precision(setting: str) -> str:
     """'auto' -> what `accelerate launch --mixed_precision` chose, else bf16 on a GPU that
     supports it, bf16 on a CPU with AMX bfloat16 tiles (a 500-step check matched float32's
-    validation loss: README, Performance), else fp32 ('no')."""
+    validation loss: docs/performance.md), else fp32 ('no')."""
     if setting != "auto":
         return setting
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
@@ -213,8 +213,10 @@ def setup(recipe: str | Path, overrides: list[str] | None, out_dir: str | Path |
     log = CSVLog(out / "log.csv", codec.num_stages, resume_step=start if resume else None) if main else None
     schedules = parse_schedules(cfg.schedules)
     tones = schedules.get("data.tone_fraction", Schedule.constant(cfg.data.tone_fraction))
-    batches = CropBatches(train_utts, codec.sample_rate, cfg.data.crop_seconds, cfg.batch_size,
-                          cfg.seed, rank, world, cfg.data.gain_db, tones, cfg.data.tone_grid_hz, cfg.grad_accum)
+    crops = (train_utts, codec.sample_rate, cfg.data.crop_seconds, cfg.batch_size, cfg.seed, rank, world,
+             cfg.data.gain_db, tones, cfg.data.tone_grid_hz, cfg.grad_accum)
+    # on_device: the same crops, cut from the audio held on the device
+    batches = DeviceCrops(*crops, device=accelerator.device) if cfg.data.on_device else CropBatches(*crops)
     return Run(cfg, out, accelerator, module, codec, optimizer, scheduler, loss_fn, valid, batches, start, log,
                schedules, average)
 
@@ -326,8 +328,9 @@ def train(recipe: str | Path, overrides: list[str] | None = None, out_dir: str |
     cfg, accelerator, rank = run.cfg, run.accelerator, run.accelerator.process_index
     accum, world = cfg.grad_accum, accelerator.num_processes
     # The micro-steps this rank will see: start*accum .. total*accum - 1.
+    workers = 0 if cfg.data.on_device else cfg.data.num_workers  # device tensors stay in this process
     loader = DataLoader(run.batches, batch_size=None, sampler=range(run.start * accum, cfg.total_steps * accum),
-                        num_workers=cfg.data.num_workers, prefetch_factor=4 if cfg.data.num_workers else None)
+                        num_workers=workers, prefetch_factor=4 if workers else None)
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.total_steps, initial=run.start, desc="train", unit="step",
