@@ -1,7 +1,7 @@
 """Codebook-usage mechanisms: cosine (L2-normalised) search with raw-codeword output, as DAC,
 and dead-code restarts from batch rows for the gradient-trained kinds (restart.py).
 
-Both are options (off by default, so QUANTIZERS.md's maths is unchanged unless a recipe turns
+Both are options (off by default, so docs/quantizers.md's maths is unchanged unless a recipe turns
 them on); these tests check what each option promises with real numbers.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Property 18 (QUANTIZERS.md s. 9): under torch.distributed every rank stays bitwise identical.
+"""Property 18 (docs/quantizers.md s. 9): under torch.distributed every rank stays bitwise identical.
 
 Two gloo processes train each kind on DIFFERENT data per rank; afterwards the codebooks, EMA
 buffers, SimVQ projections and DiVeQ usage counters must be equal bit for bit.

@@ -1,4 +1,4 @@
-"""Property tests for the quantizer kinds (QUANTIZERS.md section 9, properties 1-12 and 17)."""
+"""Property tests for the quantizer kinds (docs/quantizers.md section 9, properties 1-12 and 17)."""
 from __future__ import annotations
 
 import math
@@ -229,7 +229,7 @@ def test_ema_restart_persists() -> None:
 
 
 def test_ema_keeps_codes_alive() -> None:
-    """The toy run of QUANTIZERS.md s.2: with restarts after the update, all codes stay used."""
+    """The toy run of docs/quantizers.md s.2: with restarts after the update, all codes stay used."""
     torch.manual_seed(0)
     q = EMAQuantizer(2, 16, kmeans_init=False).train()
     q.embed.copy_(torch.randn(16, 2) + 20.0)  # a bad init far from the data

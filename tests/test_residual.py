@@ -1,4 +1,4 @@
-"""Stack-level properties of the residual quantizer (QUANTIZERS.md sections 7-9: P3 at stack
+"""Stack-level properties of the residual quantizer (docs/quantizers.md sections 7-9: P3 at stack
 level, P13-P16, DiVeQ wiring, projected stages, per-stage statistics, the hybrid recipe)."""
 from __future__ import annotations
 
@@ -571,7 +571,7 @@ def test_statistics_ema_dead_codes_key() -> None:
 
 def test_dead_codes_window_counts_steps_where_stage_was_dropped() -> None:
     """A training step in which a stage is dropped for every item is still a step of its
-    window: dead_codes = K minus codes used in the last W steps (QUANTIZERS.md section 8)."""
+    window: dead_codes = K minus codes used in the last W steps (docs/quantizers.md section 8)."""
     rq = make_rvq("ste", n_stages=3, stats_window=2)
     rq.train()
     rq(torch.randn(4, D, 10), n_q=3)

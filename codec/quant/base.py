@@ -1,4 +1,4 @@
-"""The one interface every quantizer kind implements (see QUANTIZERS.md).
+"""The one interface every quantizer kind implements (see docs/quantizers.md).
 
 A quantizer works on flattened latents ``x`` of shape ``[N, d]`` (N vectors of dimension d).
 The residual stack (``residual.py``) does the flattening, the per-stage projections and the
@@ -49,7 +49,7 @@ class Quantizer(nn.Module):
     #: The name recipes use for this kind (set by ``register_kind``).
     kind: str = ""
     #: True for kinds whose codeword should keep its Parameter gradient when the residual stack
-    #: builds one global DiVeQ over the total (QUANTIZERS.md section 7).
+    #: builds one global DiVeQ over the total (docs/quantizers.md section 7).
     differentiable_codeword: bool = False
     #: Noise std of the kind's directional steps; the stack's global DiVeQ step over the total
     #: uses the largest of its stages' (0: noise-free).

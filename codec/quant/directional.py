@@ -1,4 +1,4 @@
-"""The DiVeQ directional step (QUANTIZERS.md section 4), shared by the DiVeQ kinds and by the
+"""The DiVeQ directional step (docs/quantizers.md section 4), shared by the DiVeQ kinds and by the
 residual stack's global step over the total."""
 from __future__ import annotations
 

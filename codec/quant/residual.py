@@ -1,6 +1,6 @@
 """The residual quantizer stack: stage i quantizes what stages 1..i-1 left over.
 
-Gradient wiring follows QUANTIZERS.md section 7:
+Gradient wiring follows docs/quantizers.md section 7:
 - the chain is built from exact hard codewords, r_{i+1} = r_i - sg(c_i), and each stage's
   auxiliary loss sees r_i = z - sum_{j<i} sg(c_j), so every commitment reaches the encoder;
 - with only STE-family stages the output is z + sg(sum c - z) (encoder Jacobian exactly I);

@@ -10,7 +10,8 @@ from torch import Tensor
 #: candidates closer than that (e.g. duplicated codewords) tie and go to the lowest index.
 _SNAP = 2.0**-32
 #: fp32 path: candidates within this fraction of the best distance tie (lowest index wins).
-#: Below QUANTIZERS.md's 1e-6 near-tie bound, ~8x fp32 rounding of a distance near the best.
+#: Below the 1e-6 near-tie bound of docs/quantizers.md (property 2), ~8x fp32 rounding of a
+#: distance near the best.
 _TIE32 = 2.0**-21
 
 

@@ -1,4 +1,4 @@
-"""Per-stage codebook statistics: perplexity, utilisation and dead codes (QUANTIZERS.md s. 8).
+"""Per-stage codebook statistics: perplexity, utilisation and dead codes (docs/quantizers.md s. 8).
 
 Only active positions count (not padding, stage not dropped): callers pass a mask.
 """

@@ -1,5 +1,5 @@
 """DiVeQ: differentiable VQ by a detached direction and a differentiable distance
-(QUANTIZERS.md section 4; arXiv 2509.26469, official code AaltoML/DiVeQ).
+(docs/quantizers.md section 4; arXiv 2509.26469, official code AaltoML/DiVeQ).
 
 Training forward: y = z + ||c - z|| * sg(v), v = (c - z + n) / ||c - z + n||. The value is
 (almost) c, and the gradient reaches both the encoder (dL/dz = g - u (v.g)) and the selected

@@ -1,4 +1,4 @@
-"""VQ with an exponential-moving-average codebook (QUANTIZERS.md section 2, EnCodec defaults).
+"""VQ with an exponential-moving-average codebook (docs/quantizers.md section 2, EnCodec defaults).
 
 The codebook is not a Parameter: it is re-estimated every training step from the running
 cluster sizes N and embedding sums m. Dead codes (N_k < tau) are restarted from batch vectors

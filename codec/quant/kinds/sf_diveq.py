@@ -1,4 +1,4 @@
-"""Space-filling DiVeQ: quantize onto a dithered polyline (QUANTIZERS.md section 5).
+"""Space-filling DiVeQ: quantize onto a dithered polyline (docs/quantizers.md section 5).
 
 The layer holds K + 1 polyline vertices e_0..e_K. Its K symbols are the segment midpoints
 m_j = (e_j + e_{j+1}) / 2: search, encode, decode and eval all use them, so indices are

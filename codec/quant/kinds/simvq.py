@@ -1,5 +1,5 @@
 """SimVQ: a frozen random codebook C and a learned linear map, E = C W^T + b
-(QUANTIZERS.md section 3; arXiv 2411.02038, official code youngsheen/SimVQ).
+(docs/quantizers.md section 3; arXiv 2411.02038, official code youngsheen/SimVQ).
 
 Training the shared map W moves every codeword at once, so codes that are never selected
 still follow the latents: this is what keeps utilisation high. Do not combine with EMA.

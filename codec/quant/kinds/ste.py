@@ -1,4 +1,4 @@
-"""VQ-VAE quantizer with the straight-through estimator (QUANTIZERS.md section 1).
+"""VQ-VAE quantizer with the straight-through estimator (docs/quantizers.md section 1).
 
 The codebook is a Parameter trained by the codebook term of the loss; the reconstruction
 gradient passes straight through to the encoder (dL/dz = g) and gives the codebook nothing.

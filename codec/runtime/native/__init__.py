@@ -5,7 +5,7 @@ streamed frame of the ConvNeXt codec in one call. Installing builds it twice, as
 extension files ``_frame_engine_avx2`` (AVX2 + FMA loops; x86-64) and ``_frame_engine_base``
 (plain C, any CPU); ``load()`` opens the one this CPU runs. Why a C engine and not
 onnxruntime: on one thread it streams 20 ms frames about twice as fast as onnxruntime runs the
-same model's ONNX export (``codec export``; README, Performance). Not built (no compiler at
+same model's ONNX export (``codec export``; docs/performance.md). Not built (no compiler at
 install time), or ``CODEC_NATIVE=0`` in the environment: ``load()`` returns None and streams
 run in the PyTorch layers, same results up to float rounding. ``CODEC_NATIVE=base`` picks
 the plain-C build on any CPU.
