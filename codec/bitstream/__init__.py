@@ -1,7 +1,8 @@
 """The ``.rvq`` container: header, fixed-width or range-coded frames, trailer with CRC32.
 
 See FORMAT.md for the byte layout. Everything that goes wrong while reading a file is a
-``BitstreamError``.
+``BitstreamError``. Live streams (packets for pipes, ``codec stream-encode``) are
+``codec.bitstream.live`` (header, packets, writer) and ``codec.bitstream.live_reader``.
 """
 
 from codec.bitstream.container import (

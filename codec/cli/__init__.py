@@ -1,4 +1,5 @@
-"""The ``codec`` command line: encode, decode, info, priors, train, eval, export, demo.
+"""The ``codec`` command line: encode, decode, stream-encode, stream-decode, info, priors, train,
+eval, export, demo.
 
 One module per subcommand (``add_parser`` registers it, ``run`` does it); what they share is
 in ``codec.cli.common``. ``--model NAME|DIR`` takes a shipped model's name (a subdirectory of
@@ -22,13 +23,13 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-from codec.cli import decode, demo, encode, export, info, priors, train
+from codec.cli import decode, demo, encode, export, info, priors, stream_decode, stream_encode, train
 from codec.cli import eval as evaluate
 from codec.cli.common import EXIT_BAD_INPUT, CLIError, warn
 
 __all__ = ["CLIError", "build_parser", "main"]
 
-SUBCOMMANDS = (encode, decode, info, priors, train, evaluate, export, demo)
+SUBCOMMANDS = (encode, decode, stream_encode, stream_decode, info, priors, train, evaluate, export, demo)
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE, as cat
 
 
