@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,6 +313,82 @@ class Codec(nn.Module):
                 return engine.decode(codes)
         with parametrize.cached():
             return self.decoder(self.quantizer.decode(codes))
+
+    # ----- several signals at once ------------------------------------------------------
+    @torch.no_grad()
+    def encode_batch(self, wavs: Sequence[Tensor], n_q: int | None = None) -> list[Tensor]:
+        """Several signals in one padded batch: float audio tensors [T_i] at ``sample_rate`` ->
+        codes int64 [n_q, ceil(T_i / hop)] each, in the order given.
+
+        The signals are zero-padded at the end to the longest and encoded together; the
+        encoder is causal, so each item's frames depend only on its own samples (its last
+        partial frame zero-padded, as ``encode`` pads it) and the padded frames are cut off.
+        The codes equal ``encode(wav[None, None])[0]`` item by item: bit for bit with
+        ``exact`` (float64); in float32 a matrix product can round differently at another batch
+        size or length, so a near-tie in the code search may rarely flip (none in 40 LibriSpeech
+        test-other files with the shipped model, in batches of 4 and of 8). One batch: memory grows with
+        the number of items times the longest, so group items of similar length and split long
+        lists (``codec encode`` with several inputs does).
+        """
+        if self._stream_samples is not None:
+            raise RuntimeError("encode_batch() runs offline; it cannot be used inside model.streaming()")
+        for wav in wavs:
+            _check_tensor(wav, "each wav", "float audio [T]")
+            if wav.dim() != 1 or wav.shape[0] == 0:
+                raise ValueError(f"expected each wav of shape [T] with T >= 1, got {tuple(wav.shape)}")
+        if not wavs:
+            return []
+        batch = torch.zeros(len(wavs), 1, max(w.shape[0] for w in wavs), dtype=wavs[0].dtype,
+                            device=wavs[0].device)
+        for i, wav in enumerate(wavs):
+            batch[i, 0, : wav.shape[0]] = wav
+        codes = self.encode(batch, n_q)
+        return [codes[i, :, : -(-wav.shape[0] // self.hop_length)] for i, wav in enumerate(wavs)]
+
+    @torch.no_grad()
+    def decode_batch(self, codes: Sequence[Tensor], lengths: Sequence[int] | None = None) -> list[Tensor]:
+        """Several code sequences in one padded batch: int64 [n, F_i] each (one n for all, n <=
+        num_stages) -> audio float [F_i * hop] each, or [lengths[i]] (<= F_i * hop: the encoded
+        signal's sample count, e.g. a .rvq file's) when ``lengths`` is given.
+
+        The codes are padded at the end to the longest and decoded together; the decoder is
+        causal, and when its synthesis looks ahead (``latency`` > ``hop_length``) the padded
+        frames' spectra are zeroed, so each item equals ``decode(codes[None])[0, 0]`` (up to
+        the rounding of matrix products at another batch size; bit for bit in the tests).
+        """
+        if self._stream_samples is not None:
+            raise RuntimeError("decode_batch() runs offline; it cannot be used inside model.streaming()")
+        for c in codes:
+            _check_tensor(c, "each item of codes", "int64 codes [n, F]")
+            if c.dim() != 2 or c.shape[1] == 0:
+                raise ValueError(f"expected codes of shape [n, F] with F >= 1, got {tuple(c.shape)}")
+        if not codes:
+            return []
+        if len({c.shape[0] for c in codes}) > 1:
+            raise ValueError(f"decode_batch needs one stage count for all items, got {sorted({c.shape[0] for c in codes})}")
+        frames = [c.shape[1] for c in codes]
+        if lengths is not None and (len(lengths) != len(codes) or
+                                    any(not 0 < n <= f * self.hop_length for n, f in zip(lengths, frames))):
+            raise ValueError("lengths must give each item's sample count, 1 .. its frames x hop_length")
+        batch = torch.zeros(len(codes), codes[0].shape[0], max(frames), dtype=codes[0].dtype, device=codes[0].device)
+        for i, c in enumerate(codes):
+            batch[i, :, : c.shape[1]] = c
+        with parametrize.cached():
+            audio = self._decode_padded(self.quantizer.decode(batch), frames)
+        ends = lengths if lengths is not None else [f * self.hop_length for f in frames]
+        return [audio[i, 0, :end] for i, end in enumerate(ends)]
+
+    def _decode_padded(self, latents: Tensor, frames: list[int]) -> Tensor:
+        """The decoder on latents [B, D, F] whose item i holds ``frames[i]`` real frames: audio
+        [B, 1, F hop]; a look-ahead synthesis gets no sound from the padded frames."""
+        istft = getattr(self.decoder, "istft", None)
+        if istft is None or istft.lookahead == 0 or min(frames) == latents.shape[-1]:
+            return self.decoder(latents)
+        spectra = istft.spectra(self.decoder.head_outputs(latents))  # [B, F subframes, bins]
+        per_frame = spectra.shape[1] // latents.shape[-1]
+        for i, f in enumerate(frames):
+            spectra[i, f * per_frame :] = 0
+        return istft(None, spectra)
 
     def _stream_engine(self, part: str, batch: int, frames: int):
         """The native engine for this chunk of the stream's ``part``, or None for the PyTorch

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         with _signals_unwind(), _warnings_as_notes():
             if args.command == "eval":
                 args.models = evaluate.shipped_names_to_dirs(args.models)
-            args.func(args)
+            status = args.func(args)  # an int: the exit code of a run that went on past a failure
             sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
     except (CLIError, AudioError, BitstreamError) as e:
         print(f"codec: error: {e}", file=sys.stderr)
@@ -139,4 +139,4 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"codec: internal error: {type(e).__name__}: {e} (set CODEC_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0

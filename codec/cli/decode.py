@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from codec.cli import batch
 from codec.cli.common import (
+    CLIError,
     Progress,
     add_force,
     check_output,
@@ -18,13 +20,22 @@ DESCRIPTION = """\
 Decompress a .rvq file to audio: mono, at the model's sample rate (16 kHz for the default
 model), 16-bit PCM unless --subtype says otherwise. The file must have been made by the same
 model (its fingerprint is checked) and, if range-coded, with the same priors. The output is
-written in full or not at all, and an existing file is replaced only with --force."""
+written in full or not at all, and an existing file is replaced only with --force.
+
+Several inputs, a folder (every .rvq file under it) or a @LIST (a file naming one path a
+line) make OUTPUT a folder that mirrors the inputs' tree, one audio file (--ext, WAV by
+default) per .rvq file. Outputs that exist are skipped unless --force; a file that fails is
+one error line and the others go on (exit code 2 at the end). The audio equals the one-file
+form's."""
+
+BATCH = 1  # files per model call in the multi-file form: on a CPU, batches of 2-8 measured no faster
 
 EPILOG = """\
 examples:
   codec decode speech.rvq speech.wav
   codec decode speech.rvq speech.flac --subtype PCM_24
   codec decode speech.rvq - | aplay                    # WAV on stdout
+  codec decode codes/ decoded/ --jobs 4 --ext flac     # every .rvq under codes/ -> decoded/**/*.flac
 """
 
 
@@ -32,17 +43,47 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``decode`` on the ``codec`` command line."""
     p = sub.add_parser("decode", help=".rvq bitstream -> audio (mono, the model's rate: 16 kHz by default)",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help=".rvq file or - for stdin")
+    p.add_argument("input", nargs="+", help=".rvq file or - for stdin; or several files, folders and @LISTs")
     p.add_argument("output", help="audio file, its format from the extension (.wav, .flac, .ogg, ...; a name without"
-                                  " one is WAV), or - for WAV on stdout")
+                                  " one is WAV), or - for WAV on stdout; with several inputs a folder (made if"
+                                  " missing)")
     p.add_argument("--model", metavar="NAME|DIR", help=model_help() + "; it must be the model that made the file")
     p.add_argument("--subtype", help="sample format: PCM_16 (default), PCM_24, FLOAT (exact model output), ...")
     add_force(p)
+    many = batch.add_options(p, BATCH)
+    many.add_argument("--ext", metavar="EXT", help="the audio files' extension, their format: wav (default), flac, ...")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> None:
-    """Decode args.input into args.output (see the parser for the options)."""
+def _run_many(args: argparse.Namespace) -> int:
+    """The multi-file form (codec.cli.batch): check the options and the model, then run."""
+    from functools import partial
+
+    import soundfile as sf
+
+    from codec.audio_io import AudioError, output_format
+    from codec.files.batch import DecodeSettings, rvq_seconds
+    from codec.files.estimate import AUDIO_SUFFIXES
+
+    ext = "." + (args.ext or "wav").lstrip(".").lower()
+    try:
+        fmt = output_format("x" + ext)  # an unknown extension or sample format is an error before any work
+    except AudioError as e:
+        raise CLIError(f"--ext {args.ext}: {str(e).split(': ', 1)[1]}") from None
+    if args.subtype is not None and not sf.check_format(fmt, args.subtype):
+        raise CLIError(f"cannot write {args.subtype} samples in a {fmt} file")
+    batch.check_output_folder(args, AUDIO_SUFFIXES, "decode")
+    model, model_dir = load_model(args.model)
+    settings = DecodeSettings(str(model_dir), args.subtype)
+    return batch.run_many(args, settings, {".rvq"}, ext, partial(rvq_seconds, sample_rate=model.sample_rate), "decode")
+
+
+def run(args: argparse.Namespace) -> int | None:
+    """Decode args.input into args.output (see the parser for the options); the exit code of
+    the multi-file form."""
+    if batch.is_many(args.input):
+        return _run_many(args)
+    args.input = batch.single_input(args)
     from codec.audio_io import output_format, write_audio
     from codec.bitstream.container import parse
     from codec.bitstream.header import MODE_RANGE
