@@ -33,9 +33,10 @@ DECODE_BLOCK_FRAMES = 3000  # 60 s at 50 frames/s
 
 
 def make_header(model, num_stages: int, priors: Priors | None = None,
-                block_frames: int = DEFAULT_BLOCK_FRAMES) -> Header:
-    """Header for ``model`` using its first ``num_stages`` stages; range-coded when priors are given."""
-    fp = model.fingerprint()
+                block_frames: int = DEFAULT_BLOCK_FRAMES, fingerprint: bytes | None = None) -> Header:
+    """Header for ``model`` using its first ``num_stages`` stages; range-coded when priors are
+    given. ``fingerprint``: the model's, when already computed (it hashes every weight)."""
+    fp = fingerprint if fingerprint is not None else model.fingerprint()
     sizes = tuple(model.codebook_sizes[:num_stages])
     if priors is None:
         return Header(MODE_FIXED, model.sample_rate, model.hop_length, sizes, fp)
@@ -44,17 +45,20 @@ def make_header(model, num_stages: int, priors: Priors | None = None,
     return Header(MODE_RANGE, model.sample_rate, model.hop_length, sizes, fp, block_frames, priors.id)
 
 
-def check_model(header: Header, model) -> None:
-    """Raise BitstreamError unless the file was written by this very model."""
-    fp = model.fingerprint()
+def check_model(header, model, fingerprint: bytes | None = None, source: str = "file", hint: str = "") -> None:
+    """Raise BitstreamError unless ``header`` (a file's ``Header`` or a stream's, anything with
+    fingerprint, sample_rate, hop_length, codebook_sizes and num_stages) was written by this
+    very model. ``fingerprint``: the model's, when already computed (it hashes every weight);
+    ``source`` names what was read in the message, ``hint`` is appended to it."""
+    fp = fingerprint if fingerprint is not None else model.fingerprint()
     if header.fingerprint != fp:
         raise BitstreamError(
-            f"file was made by another model (fingerprint {header.fingerprint.hex()[:12]}...,"
-            f" this model is {fp.hex()[:12]}...)"
+            f"{source} was made by another model (fingerprint {header.fingerprint.hex()[:12]}...,"
+            f" this model is {fp.hex()[:12]}...){hint}"
         )
     if (header.sample_rate, header.hop_length) != (model.sample_rate, model.hop_length) or \
             header.codebook_sizes != tuple(model.codebook_sizes[: header.num_stages]):
-        raise BitstreamError("file header disagrees with the model's rate, hop or codebook sizes")
+        raise BitstreamError(f"{source} header disagrees with the model's rate, hop or codebook sizes")
 
 
 @dataclass(frozen=True)
