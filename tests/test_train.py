@@ -561,16 +561,22 @@ def test_quantizer_warmup_bypasses_the_stack_then_initialises_on_warmed_latents(
 
 
 def test_a_run_with_a_quantizer_warmup_validates_unquantized_first(tmp_path: Path) -> None:
+    """Validation rows: unquantized during the warm-up (no code statistics; pesq is the
+    unquantized one), then through encode and decode, with the unquantized decoder's PESQ
+    beside it (pesq_unquantized: the ceiling the stack chases)."""
     from codec.train.logging import read_log
 
     sets = ["total_steps=4", "quantizer_warmup_steps=2", "batch_size=2", "log_every=1", "val_every=2",
-            "ckpt_every=4", "data.valid_utterances=2", "pesq_utterances=0", "data.num_workers=0"]
+            "ckpt_every=4", "data.valid_utterances=2", "pesq_utterances=2", "data.num_workers=0"]
     assert main(["train", str(TINY), "--out-dir", str(tmp_path / "run"), "-q",
                  *[a for s in sets for a in ("--set", s)]]) == 0
     rows = {(r["split"], int(r["step"])): r for r in read_log(tmp_path / "run" / "log.csv")}
     assert float(rows[("train", 1)]["quantizer"]) == 0 and float(rows[("train", 3)]["quantizer"]) > 0
     assert rows[("valid", 2)]["s1_perplexity"] == ""  # unquantized: no code statistics yet
     assert float(rows[("valid", 4)]["s1_perplexity"]) > 1
+    assert rows[("valid", 2)]["pesq"] == rows[("valid", 2)]["pesq_unquantized"] != ""
+    assert rows[("valid", 4)]["pesq"] != rows[("valid", 4)]["pesq_unquantized"]
+    assert 1.0 <= float(rows[("valid", 4)]["pesq_unquantized"]) <= 4.65
 
 
 @pytest.mark.parametrize("head", ["logmag_phase", "complex", "logmag_atan2"])

@@ -37,7 +37,7 @@ def training_summary(log_csv: Path, batch_seconds: float) -> dict[str, float]:
     steps = [int(r["step"]) for r in train]
     spans = [b - a for a, b in zip([0, *steps[:-1]], steps)]
     hours = sum(s * t for s, t in zip(spans, per_step)) / 3600
-    curve = [(int(r["step"]), float(r["pesq"])) for r in rows if r["split"] == "valid" and r["pesq"]]
+    curve = [(int(r["step"]), float(r["pesq"])) for r in rows if r["split"] == "valid" and r.get("pesq")]
     return {"steps": steps[-1] if steps else 0, "s_per_step": sum(per_step) / max(1, len(per_step)),
             "hours": hours, "curve": curve}
 

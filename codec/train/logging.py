@@ -22,7 +22,7 @@ STAGE_KEYS = ["perplexity", "utilisation", "dead_codes"]
 def columns(num_stages: int) -> list[str]:
     """The CSV header for a model with ``num_stages`` stages."""
     stage_cols = [f"s{i + 1}_{k}" for i in range(num_stages) for k in STAGE_KEYS]
-    return ["step", "split", *LOSS_NAMES, "lr", "grad_norm", "audio_s_per_s", "pesq", *stage_cols]
+    return ["step", "split", *LOSS_NAMES, "lr", "grad_norm", "audio_s_per_s", "pesq", "pesq_unquantized", *stage_cols]
 
 
 def stage_columns(stats: list[dict[str, float]]) -> dict[str, float]:

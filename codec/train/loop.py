@@ -279,11 +279,15 @@ def averaged(run: Run):
 def run_validation(run: Run, step: int, quantized: bool = True) -> None:
     """Validate through encode and decode (``quantized`` False, during a quantizer warm-up:
     through the decoder of the unquantized latents) on every rank, with the averaged weights
-    where the run keeps an average; the main one writes the valid row."""
+    where the run keeps an average; the main one writes the valid row. Its ``pesq_unquantized``
+    is always the decoder of the unquantized latents (the ceiling the stack is chasing)."""
     with averaged(run):
         res = validate(run.accelerator, run.codec, run.loss_fn, run.valid, run.cfg.pesq_utterances, quantized)
+        ceiling = validate(run.accelerator, run.codec, run.loss_fn, run.valid, run.cfg.pesq_utterances,
+                           False) if quantized else res
     if run.main:
-        row = {**res["losses"], "pesq": res["pesq"], **stage_columns(res["stages"])}
+        row = {**res["losses"], "pesq": res["pesq"], "pesq_unquantized": ceiling["pesq"],
+               **stage_columns(res["stages"])}
         run.log.write(step, "valid", row)
         run.accelerator.log({f"valid/{k}": v for k, v in row.items() if not math.isnan(v)}, step=step)
 
