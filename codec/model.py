@@ -325,24 +325,14 @@ class Codec(nn.Module):
         partial frame zero-padded, as ``encode`` pads it) and the padded frames are cut off.
         The codes equal ``encode(wav[None, None])[0]`` item by item: bit for bit with
         ``exact`` (float64); in float32 a matrix product can round differently at another batch
-        size or length, so a near-tie in the code search may rarely flip (none in 40 LibriSpeech
-        test-other files with the shipped model, in batches of 4 and of 8). One batch: memory grows with
-        the number of items times the longest, so group items of similar length and split long
-        lists (``codec encode`` with several inputs does).
+        size or length, so a near-tie in the code search may rarely flip. One batch: memory
+        grows with the number of items times the longest, so group items of similar length
+        and split long lists (``codec encode`` with several inputs does).
         """
-        if self._stream_samples is not None:
-            raise RuntimeError("encode_batch() runs offline; it cannot be used inside model.streaming()")
-        for wav in wavs:
-            _check_tensor(wav, "each wav", "float audio [T]")
-            if wav.dim() != 1 or wav.shape[0] == 0:
-                raise ValueError(f"expected each wav of shape [T] with T >= 1, got {tuple(wav.shape)}")
+        self._check_items(wavs, "each wav", "float audio [T]", 1)
         if not wavs:
             return []
-        batch = torch.zeros(len(wavs), 1, max(w.shape[0] for w in wavs), dtype=wavs[0].dtype,
-                            device=wavs[0].device)
-        for i, wav in enumerate(wavs):
-            batch[i, 0, : wav.shape[0]] = wav
-        codes = self.encode(batch, n_q)
+        codes = self.encode(self._pad_end(wavs)[:, None], n_q)  # audio [B, 1, max T] in
         return [codes[i, :, : -(-wav.shape[0] // self.hop_length)] for i, wav in enumerate(wavs)]
 
     @torch.no_grad()
@@ -353,15 +343,10 @@ class Codec(nn.Module):
 
         The codes are padded at the end to the longest and decoded together; the decoder is
         causal, and when its synthesis looks ahead (``latency`` > ``hop_length``) the padded
-        frames' spectra are zeroed, so each item equals ``decode(codes[None])[0, 0]`` (up to
-        the rounding of matrix products at another batch size; bit for bit in the tests).
+        frames' spectra are zeroed, so each item equals ``decode(codes[None])[0, 0]`` up to the
+        rounding of matrix products at another batch size (about 1e-7 apart, or equal).
         """
-        if self._stream_samples is not None:
-            raise RuntimeError("decode_batch() runs offline; it cannot be used inside model.streaming()")
-        for c in codes:
-            _check_tensor(c, "each item of codes", "int64 codes [n, F]")
-            if c.dim() != 2 or c.shape[1] == 0:
-                raise ValueError(f"expected codes of shape [n, F] with F >= 1, got {tuple(c.shape)}")
+        self._check_items(codes, "each item of codes", "int64 codes [n, F]", 2)
         if not codes:
             return []
         if len({c.shape[0] for c in codes}) > 1:
@@ -370,13 +355,31 @@ class Codec(nn.Module):
         if lengths is not None and (len(lengths) != len(codes) or
                                     any(not 0 < n <= f * self.hop_length for n, f in zip(lengths, frames))):
             raise ValueError("lengths must give each item's sample count, 1 .. its frames x hop_length")
-        batch = torch.zeros(len(codes), codes[0].shape[0], max(frames), dtype=codes[0].dtype, device=codes[0].device)
-        for i, c in enumerate(codes):
-            batch[i, :, : c.shape[1]] = c
         with parametrize.cached():
-            audio = self._decode_padded(self.quantizer.decode(batch), frames)
+            audio = self._decode_padded(self.quantizer.decode(self._pad_end(codes)), frames)  # [B, 1, max F hop]
         ends = lengths if lengths is not None else [f * self.hop_length for f in frames]
         return [audio[i, 0, :end] for i, end in enumerate(ends)]
+
+    def _check_items(self, items: Sequence[Tensor], name: str, what: str, dim: int) -> None:
+        """Refuse the items of a batch call: inside ``streaming()`` (RuntimeError: the batch
+        calls run offline), not a Tensor (TypeError), not of ``dim`` dimensions with the last
+        at least 1 (ValueError). ``name`` and ``what`` (e.g. "float audio [T]") name the items
+        in the messages."""
+        if self._stream_samples is not None:
+            raise RuntimeError("encode_batch() / decode_batch() run offline; they cannot be used inside"
+                               " model.streaming()")
+        for x in items:
+            _check_tensor(x, name, what)
+            if x.dim() != dim or x.shape[-1] == 0:
+                raise ValueError(f"expected {name} to be {what}, its last dimension at least 1; got shape"
+                                 f" {tuple(x.shape)}")
+
+    @staticmethod
+    def _pad_end(items: Sequence[Tensor]) -> Tensor:
+        """Tensors [..., L_i] (one shape but the last dimension) zero-padded at the end into one
+        [B, ..., max L_i]."""
+        padded = nn.utils.rnn.pad_sequence([x.movedim(-1, 0) for x in items], batch_first=True)  # [B, L, ...]
+        return padded.movedim(1, -1).contiguous()
 
     def _decode_padded(self, latents: Tensor, frames: list[int]) -> Tensor:
         """The decoder on latents [B, D, F] whose item i holds ``frames[i]`` real frames: audio

@@ -1,20 +1,25 @@
 """``codec encode`` / ``codec decode`` with several inputs, a folder or a @LIST: the output is a
-folder that mirrors the inputs' tree. Outputs that exist are skipped (a stopped run resumes)
-unless --force; ``--jobs N`` worker processes do groups of files (``codec.files.batch``); one
-progress bar counts files and audio seconds; a file that fails is one ``codec: error: PATH:
-reason`` line and the others go on; a summary ends the run, whose exit code is 2 when any
-file failed."""
+folder that mirrors the inputs' tree. Outputs that count as done are skipped (a stopped run
+resumes); ``--jobs N`` worker processes do groups of files (``codec.files.processes``); the
+user sees one progress bar, one ``codec: error: PATH: reason`` line per failed file and a
+summary (``codec.cli.report``); the exit code is 2 when any file failed."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from codec.cli.common import CLIError, int_in, note, plural, warn
+from codec.cli.common import CLIError, int_in
+
+if TYPE_CHECKING:
+    from codec.cli.report import Report
+    from codec.files.jobs import Job
+    from codec.files.manifest import Existing
+    from codec.files.tree import Planned
+    from codec.files.workers import Worker
 
 MANY_TITLE = "several files (several INPUTs, a folder or a @LIST; OUTPUT is then a folder)"
 MANY_OPTIONS = ("jobs", "batch", "format", "ext")
@@ -28,7 +33,7 @@ def add_options(p: argparse.ArgumentParser, batch_default: int) -> argparse._Arg
                            " process, one thread)")
     many.add_argument("--batch", type=int_in(1, 256), metavar="N",
                       help="files of similar length run through the model together in one padded batch, each cut"
-                           f" to its own length (default {batch_default}: on a CPU, batches measured no faster)")
+                           f" to its own length (default {batch_default}; speeds measured: docs/usage.md)")
     return many
 
 
@@ -66,42 +71,58 @@ def check_output_folder(args: argparse.Namespace, single_suffixes: Iterable[str]
                        " first to use this name)")
 
 
-def run_many(args: argparse.Namespace, settings, find: set[str], suffix: str,
-             seconds: Callable[[str], float | None], verb: str, manifest: bool = False) -> int:
-    """Do every input file the command line names into the output folder; the exit code.
+def run_many(args: argparse.Namespace, worker: Worker, skipped_note: str) -> int:
+    """Do every input file the command line names into the output folder ``args.output`` with
+    ``worker`` (its model loaded; with ``--jobs N`` it only plans, and worker processes load
+    their own); the exit code. ``skipped_note``: the summary's word on skipped files (why,
+    and how to redo them)."""
+    from codec.cli.report import Report
+    from codec.files.planning import groups
+    from codec.files.processes import run_groups
 
-    ``settings``: a ``codec.files.batch`` EncodeSettings or DecodeSettings; ``find``: the
-    extensions taken from folders; ``suffix``: the outputs' extension; ``seconds``: a file's
-    length in seconds, None if unknown (batching and the bar); ``verb``: "encode" or "decode";
-    ``manifest``: keep ``manifest.jsonl`` (code arrays; ``codec.files.manifest``), where an
-    output counts as done only with its line (an array written just before a run was stopped,
-    whose line was not, is written again).
-    """
-    from codec.files import manifest as mf
-    from codec.files.batch import Job, groups
+    planned = _plan(args, worker)
+    report = Report(worker.verb, len(planned), getattr(args, "quiet", False), skipped_note)
+    with worker.ledger(args.output) as ledger:
+        jobs = _jobs(planned, worker, ledger, args.force, report)
+        batches = groups(jobs, args.batch or 1, worker.long_seconds)
+        with report.bar(len(jobs), sum(j.seconds or 0.0 for j in jobs)):
+            for outcomes in run_groups(worker, batches, args.jobs or 1):
+                for outcome in outcomes:
+                    report.add(outcome)
+                    if outcome.error is None:
+                        ledger.add(outcome)
+    return report.finish()
+
+
+def _plan(args: argparse.Namespace, worker: Worker) -> list[Planned]:
+    """Every input file and its output (made the output folder, checked writable); CLIError
+    when there is none or the folder cannot be written."""
     from codec.files.tree import InputError, expand, mirror
 
-    out_dir = args.output
     try:
-        planned = mirror(expand(args.input, find, exclude=out_dir), out_dir, suffix)
+        planned = mirror(expand(args.input, set(worker.inputs), exclude=args.output), args.output, worker.suffix)
     except InputError as e:
         raise CLIError(str(e)) from None
     if not planned:
-        raise CLIError(f"no input files: the folders hold no {' / '.join(sorted(find))} files")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise CLIError(f"{out_dir}: cannot write in this folder (permission denied)")
-    manifest_path = Path(out_dir) / mf.MANIFEST_NAME
-    listed = mf.read(manifest_path) if manifest else {}
-    report = Report(verb, len(planned), args)
+        raise CLIError(f"no input files: the folders hold no {' / '.join(sorted(worker.inputs))} files")
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    if not os.access(args.output, os.W_OK | os.X_OK):
+        raise CLIError(f"{args.output}: cannot write in this folder (permission denied)")
+    return planned
+
+
+def _jobs(planned: list[Planned], worker: Worker, ledger: Existing, force: bool, report: Report) -> list[Job]:
+    """The Jobs to do: each planned file whose output can be written and is not done yet
+    (``force``: done ones too); the others counted in ``report`` as failed or skipped."""
+    from codec.files.jobs import Job
+
     jobs, owner = [], {}
     for plan in planned:
         problem = _output_problem(plan, owner)
         if problem:
             report.fail(problem)
             continue
-        exists = os.path.exists(plan.output) and (not manifest or plan.relative in listed)
-        if exists and not args.force:
+        if ledger.done(plan.output) and not force:
             report.skipped += 1
             continue
         try:
@@ -109,31 +130,13 @@ def run_many(args: argparse.Namespace, settings, find: set[str], suffix: str,
         except OSError as e:
             report.fail(f"{plan.source}: cannot make the folder for {plan.output} ({e.strerror or e})")
             continue
-        jobs.append(Job(plan.source, plan.output, seconds(plan.source)))
-    relative = {p.output: p.relative for p in planned}
-    batches = groups(jobs, args.batch or 1)
-    log = open(manifest_path, "a", encoding="utf-8") if manifest and jobs else None  # noqa: SIM115
-    try:
-        with report.bar(len(jobs), sum(j.seconds or 0.0 for j in jobs)):
-            for outcomes in _results(settings, batches, args.jobs or 1):
-                for o in outcomes:
-                    report.add(o)
-                    if o.error is None and log is not None:
-                        rel = relative[o.output]
-                        listed[rel] = mf.entry(rel, os.path.abspath(o.source), o.frames, o.stages, o.samples,
-                                               o.sample_rate, o.fingerprint)
-                        log.write(mf.line(listed[rel]))
-                        log.flush()
-    finally:
-        if log is not None:
-            log.close()
-            mf.write(manifest_path, [e for e in listed.values() if (Path(out_dir) / e["path"]).exists()])
-    return report.finish()
+        jobs.append(Job(plan.source, plan.output, worker.seconds(plan.source)))
+    return jobs
 
 
-def _output_problem(plan, owner: dict[str, str]) -> str | None:
+def _output_problem(plan: Planned, owner: dict[str, str]) -> str | None:
     """Why ``plan``'s output cannot be written (another input's output, the input itself, a
-    folder), or None; ``owner`` records the outputs planned so far."""
+    folder), or None; ``owner`` records the outputs planned so far (absolute path -> source)."""
     key = os.path.abspath(plan.output)
     if key in owner:
         return f"{plan.source}: its output {plan.output} is also the output of {owner[key]}"
@@ -143,81 +146,3 @@ def _output_problem(plan, owner: dict[str, str]) -> str | None:
     if os.path.isdir(plan.output):
         return f"{plan.source}: its output {plan.output} is a directory"
     return None
-
-
-def _results(settings, batches: list, jobs: int) -> Iterable[list]:
-    """Each group's Outcomes as they finish: in this process (``jobs`` 1) or in ``jobs`` worker
-    processes (spawned: a fresh interpreter each; ended with SIGTERM if the run stops)."""
-    from codec.files import batch
-
-    if jobs == 1 or len(batches) <= 1:
-        yield from batch.run_here(settings, batches)
-        return
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    pool = context.Pool(min(jobs, len(batches)), initializer=batch.init_process, initargs=(settings,))
-    try:
-        yield from pool.imap_unordered(batch.run_in_process, batches)
-    except BaseException:  # stopped (a signal, the consumer): SIGTERM unwinds the running jobs
-        pool.terminate()
-        pool.join()
-        raise
-    pool.close()  # all done: the workers end on their own
-    pool.join()
-
-
-class Report:
-    """Counts, error lines and the progress bar of a multi-file run."""
-
-    def __init__(self, verb: str, total: int, args: argparse.Namespace) -> None:
-        self.verb, self.total, self.quiet = verb, total, getattr(args, "quiet", False)
-        self.done = self.failed = self.skipped = self.downmixed = 0
-        self.seconds = 0.0
-        self._bar = None
-        self._start = time.monotonic()
-
-    def bar(self, files: int, seconds: float):
-        """A context: the tqdm bar over ``files`` files (``seconds`` of audio) on a terminal."""
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=files, desc=self.verb, unit="file", disable=None, leave=False, file=sys.stderr)
-        self._audio_total = seconds
-        return self._bar
-
-    def fail(self, line: str) -> None:
-        """One failed file: its ``codec: error:`` line now (above the bar)."""
-        self.failed += 1
-        text = f"codec: error: {line}"
-        if self._bar is not None and not self._bar.disable:
-            self._bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
-
-    def add(self, outcome) -> None:
-        """One finished job (a ``codec.files.batch.Outcome``)."""
-        if outcome.error is not None:
-            self.fail(outcome.error)
-        else:
-            self.done += 1
-            self.seconds += outcome.seconds
-            self.downmixed += outcome.channels > 1
-        if self._bar is not None:
-            self._bar.set_postfix_str(f"{self.seconds:.0f}/{self._audio_total:.0f} s audio", refresh=False)
-            self._bar.update(1)
-
-    def finish(self) -> int:
-        """Print the summary (unless quiet); the exit code: 2 when any file failed, else 0."""
-        if self.downmixed:
-            warn(f"{plural(self.downmixed, 'file')} with several channels downmixed to mono")
-        if not self.quiet:
-            elapsed = time.monotonic() - self._start
-            done = (f"{self.verb}d {self.done} of {plural(self.total, 'file')} ({self.seconds:.1f} s of audio)"
-                    f" in {elapsed:.1f} s ({self.done / max(elapsed, 1e-9):.2f} files/s)")
-            parts = [done]
-            if self.skipped:
-                parts.append(f"{self.skipped} skipped (the output exists; --force redoes it)")
-            if self.failed:
-                parts.append(f"{self.failed} failed")
-            note(", ".join(parts))
-        return 2 if self.failed else 0

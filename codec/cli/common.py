@@ -89,14 +89,38 @@ def load_model(model: str | None) -> tuple[Codec, Path]:
     return loaded.eval(), path
 
 
-def load_priors(model_dir: Path, model: Codec) -> Priors:
-    """The entropy priors stored with the model in ``model_dir``; CLIError if they belong to another model."""
+def load_priors(model_dir: Path, model: Codec, fingerprint: bytes | None = None) -> Priors:
+    """The entropy priors stored with the model in ``model_dir``; CLIError if they belong to another
+    model. ``fingerprint``: the model's, when already computed (it hashes every weight)."""
     from codec.bitstream.priors import Priors
 
     priors = Priors.load(model_dir)
-    if priors.fingerprint != model.fingerprint():
+    if priors.fingerprint != (fingerprint if fingerprint is not None else model.fingerprint()):
         raise CLIError(f"entropy priors in {model_dir} were computed for another model; run `codec priors` again")
     return priors
+
+
+def choose_stages(model: Codec, stages: int | None, bitrate: float | None) -> int:
+    """The stages to code with, from ``--stages`` or ``--bitrate`` (bit/s: the most stages whose
+    nominal bitrate fits, with a note above the model's highest); all when neither is given.
+    CLIError when out of the model's range."""
+    from codec.files.coding import stages_for_bitrate
+
+    if stages is not None:
+        if stages > model.num_stages:
+            raise CLIError(f"--stages {stages} out of range 1..{model.num_stages}")
+        return stages
+    if bitrate is None:
+        return model.num_stages
+    try:
+        n_q = stages_for_bitrate(model, bitrate)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    top = model.bitrate(model.num_stages)
+    if bitrate > top * (1 + 1e-9):
+        note(f"--bitrate {bitrate / 1000:g}k is above this model's highest ({top / 1000:g} kbit/s);"
+             f" using all {model.num_stages} stages")
+    return n_q
 
 
 def model_help(default: bool = True) -> str:
@@ -168,9 +192,10 @@ def check_output(path: str, inputs: list[str], force: bool) -> None:
         raise CLIError(f"{path} exists; pass --force (or -y) to replace it")
 
 
-def add_force(p: argparse.ArgumentParser) -> None:
-    """``-f`` / ``-y`` / ``--force`` on a subcommand that writes a file."""
-    p.add_argument("-f", "-y", "--force", action="store_true", help=FORCE_HELP)
+def add_force(p: argparse.ArgumentParser, more: str = "") -> None:
+    """``-f`` / ``-y`` / ``--force`` on a subcommand that writes a file (``more``: appended to
+    its help)."""
+    p.add_argument("-f", "-y", "--force", action="store_true", help=FORCE_HELP + more)
 
 
 class Progress:

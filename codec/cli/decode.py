@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from codec.cli import batch
 from codec.cli.common import (
@@ -16,6 +17,9 @@ from codec.cli.common import (
     read_input_bytes,
 )
 
+if TYPE_CHECKING:
+    from codec.files.workers import DecodeWorker
+
 DESCRIPTION = """\
 Decompress a .rvq file to audio: mono, at the model's sample rate (16 kHz for the default
 model), 16-bit PCM unless --subtype says otherwise. The file must have been made by the same
@@ -23,12 +27,19 @@ model (its fingerprint is checked) and, if range-coded, with the same priors. Th
 written in full or not at all, and an existing file is replaced only with --force.
 
 Several inputs, a folder (every .rvq file under it) or a @LIST (a file naming one path a
-line) make OUTPUT a folder that mirrors the inputs' tree, one audio file (--ext, WAV by
-default) per .rvq file. Outputs that exist are skipped unless --force; a file that fails is
-one error line and the others go on (exit code 2 at the end). The audio equals the one-file
-form's."""
+line; an input starting with @ is always a list, so write ./@name.rvq for a file whose name
+starts with @) make OUTPUT a folder that mirrors the inputs' tree, one audio file (--ext,
+WAV by default) per .rvq file: with --batch 1 (the default) the audio equals the one-file
+form's byte for byte; a larger batch may round a float differently and so move a 16-bit
+sample by one step. A file that fails is one error line and the others go on (exit code 2
+at the end). An output that exists is
+never replaced there, not even with --force (which applies to one file only): it may be
+the very audio the codes were made from (after `codec encode corpus/ corpus/`, corpus/x.wav
+is x.rvq's output name). It is skipped, so a stopped run goes on where it stopped; to decode
+again, delete the old outputs or decode into a new folder. Whether --batch or --jobs pays
+on a machine: see docs/usage.md."""
 
-BATCH = 1  # files per model call in the multi-file form: on a CPU, batches of 2-8 measured no faster
+BATCH = 1  # files per model call in the multi-file form (measured speeds: docs/usage.md, section 1)
 
 EPILOG = """\
 examples:
@@ -49,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                   " missing)")
     p.add_argument("--model", metavar="NAME|DIR", help=model_help() + "; it must be the model that made the file")
     p.add_argument("--subtype", help="sample format: PCM_16 (default), PCM_24, FLOAT (exact model output), ...")
-    add_force(p)
+    add_force(p, "; one file only: decoding several never replaces a file")
     many = batch.add_options(p, BATCH)
     many.add_argument("--ext", metavar="EXT", help="the audio files' extension, their format: wav (default), flac, ...")
     p.set_defaults(func=run)
@@ -57,14 +68,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_many(args: argparse.Namespace) -> int:
     """The multi-file form (codec.cli.batch): check the options and the model, then run."""
-    from functools import partial
-
     import soundfile as sf
 
     from codec.audio_io import AudioError, output_format
-    from codec.files.batch import DecodeSettings, rvq_seconds
     from codec.files.estimate import AUDIO_SUFFIXES
 
+    if args.force:
+        raise CLIError("--force applies to one file only: decoding several never replaces an existing file (it"
+                       " may be the audio the codes were made from); delete the old outputs or give a new folder")
     ext = "." + (args.ext or "wav").lstrip(".").lower()
     try:
         fmt = output_format("x" + ext)  # an unknown extension or sample format is an error before any work
@@ -73,9 +84,16 @@ def _run_many(args: argparse.Namespace) -> int:
     if args.subtype is not None and not sf.check_format(fmt, args.subtype):
         raise CLIError(f"cannot write {args.subtype} samples in a {fmt} file")
     batch.check_output_folder(args, AUDIO_SUFFIXES, "decode")
+    return batch.run_many(args, _worker(args, ext), "the output exists and is never replaced here: delete it to"
+                                                   " decode it again")
+
+
+def _worker(args: argparse.Namespace, ext: str) -> DecodeWorker:
+    """The multi-file form's worker: the model loaded (once)."""
+    from codec.files.workers import DecodeSettings, DecodeWorker
+
     model, model_dir = load_model(args.model)
-    settings = DecodeSettings(str(model_dir), args.subtype)
-    return batch.run_many(args, settings, {".rvq"}, ext, partial(rvq_seconds, sample_rate=model.sample_rate), "decode")
+    return DecodeWorker(DecodeSettings(str(model_dir), ext, args.subtype), model)
 
 
 def run(args: argparse.Namespace) -> int | None:

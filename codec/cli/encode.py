@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from typing import TYPE_CHECKING
 
 from codec.cli import batch
 from codec.cli.common import (
@@ -11,6 +12,7 @@ from codec.cli.common import (
     Progress,
     add_force,
     check_output,
+    choose_stages,
     default_model_rates,
     int_in,
     load_model,
@@ -23,8 +25,11 @@ from codec.cli.common import (
 )
 from codec.pretrained import DEFAULT_MODEL
 
+if TYPE_CHECKING:
+    from codec.files.workers import EncodeWorker
+
 FORMATS = ("rvq", "npy")
-BATCH = 1  # files per model call in the multi-file form: on a CPU, batches of 2-8 measured no faster
+BATCH = 1  # files per model call in the multi-file form (measured speeds: docs/usage.md, section 1)
 
 DESCRIPTION = """\
 Compress audio into a .rvq file: any soundfile format, rate and channel count in (downmixed to
@@ -32,14 +37,16 @@ mono, resampled to the model's rate). The output is written in full or not at al
 existing file is replaced only with --force.
 
 Several inputs, a folder (every audio file under it) or a @LIST (a file naming one path a
-line; relative paths from the current folder) make OUTPUT a folder that mirrors the inputs'
-tree: one .rvq (or, with --format npy, one .npy of codes int16 [stages, frames] plus
+line; relative paths from the current folder; an input starting with @ is always a list, so
+write ./@name.wav for a file whose name starts with @) make OUTPUT a folder that mirrors the
+inputs' tree: one .rvq (or, with --format npy, one .npy of codes int16 [stages, frames] plus
 manifest.jsonl: path, source, frames, stages, samples, sample_rate, model fingerprint) per
 file. Outputs that exist are skipped unless --force, so a stopped run goes on where it
 stopped; a file that fails is one error line and the others go on (exit code 2 at the end).
-Each file is encoded whole there (Codec.encode; a file over a minute streams, as one file
-does): with --exact its .rvq equals the one-file form's byte for byte; in float32 a code at a
-near-tie may rarely differ."""
+Each file is encoded whole there (Codec.encode; a file over 3000 frames, a minute with the
+default model, streams as one file does): with --exact its .rvq equals the one-file form's
+byte for byte; in float32 a code at a near-tie may rarely differ. Whether --batch or --jobs
+pays on a machine: see docs/usage.md."""
 
 EPILOG = """\
 examples:
@@ -89,46 +96,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _stages(args: argparse.Namespace, model) -> int:
-    from codec.files.coding import stages_for_bitrate
-
-    if args.stages is not None:
-        if args.stages > model.num_stages:
-            raise CLIError(f"--stages {args.stages} out of range 1..{model.num_stages}")
-        return args.stages
-    if args.bitrate is None:
-        return model.num_stages
-    try:
-        n_q = stages_for_bitrate(model, args.bitrate)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    top = model.bitrate(model.num_stages)
-    if args.bitrate > top * (1 + 1e-9):
-        note(f"--bitrate {args.bitrate / 1000:g}k is above this model's highest ({top / 1000:g} kbit/s);"
-             f" using all {model.num_stages} stages")
-    return n_q
-
-
 def _run_many(args: argparse.Namespace) -> int:
     """The multi-file form (codec.cli.batch): check the options and the model, then run."""
-    from codec.bitstream.container import DEFAULT_BLOCK_FRAMES
-    from codec.files.batch import EncodeSettings, audio_seconds
-    from codec.files.estimate import AUDIO_SUFFIXES
-
-    fmt = args.format or "rvq"
     if args.block_frames is not None and not args.entropy:
         raise CLIError("--block-frames applies only with --entropy")
-    if args.entropy and fmt == "npy":
+    if args.entropy and args.format == "npy":
         raise CLIError("--entropy applies only to --format rvq")
     batch.check_output_folder(args, {".rvq", ".npy"}, "encode")
+    return batch.run_many(args, _worker(args), "the output exists; --force redoes it")
+
+
+def _worker(args: argparse.Namespace) -> EncodeWorker:
+    """The multi-file form's worker: the model loaded (once), the stages chosen, the priors and
+    the int16 range checked; the model's fingerprint computed once and handed on."""
+    from codec.bitstream.container import DEFAULT_BLOCK_FRAMES
+    from codec.files.outputs import NpyOutput, RvqOutput
+    from codec.files.workers import EncodeSettings, EncodeWorker
+
     model, model_dir = load_model(args.model)
-    n_q = _stages(args, model)
-    if args.entropy:
-        load_priors(model_dir, model)
-    if fmt == "npy" and max(model.codebook_sizes[:n_q]) > 1 << 15:
-        raise CLIError("this model's codes do not fit int16 arrays (a codebook over 32768 entries); use --format rvq")
-    settings = EncodeSettings(str(model_dir), n_q, fmt, args.entropy, args.block_frames or DEFAULT_BLOCK_FRAMES, args.exact)
-    return batch.run_many(args, settings, AUDIO_SUFFIXES, "." + fmt, audio_seconds, "encode", manifest=fmt == "npy")
+    n_q = choose_stages(model, args.stages, args.bitrate)
+    fingerprint = model.fingerprint()
+    if args.format == "npy":
+        if max(model.codebook_sizes[:n_q]) > 1 << 15:
+            raise CLIError("this model's codes do not fit int16 arrays (a codebook over 32768 entries); use --format rvq")
+        output = NpyOutput()
+    else:
+        priors = load_priors(model_dir, model, fingerprint) if args.entropy else None
+        output = RvqOutput(priors, args.block_frames or DEFAULT_BLOCK_FRAMES)
+    return EncodeWorker(EncodeSettings(str(model_dir), n_q, output, args.exact), model, fingerprint)
 
 
 def run(args: argparse.Namespace) -> int | None:
@@ -149,7 +144,7 @@ def run(args: argparse.Namespace) -> int | None:
     check_output(args.output, [args.input], args.force)
     model, model_dir = load_model(args.model)
     model.exact = args.exact
-    n_q = _stages(args, model)
+    n_q = choose_stages(model, args.stages, args.bitrate)
     priors = load_priors(model_dir, model) if args.entropy else None
     header = make_header(model, n_q, priors, args.block_frames or DEFAULT_BLOCK_FRAMES)
     with AudioReader(args.input) as reader:

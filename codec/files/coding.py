@@ -10,6 +10,7 @@ rounding, memory bounded).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -68,19 +69,38 @@ class EncodeResult:
     file_size: int
 
 
+class Counted:
+    """Audio blocks [L] passed through unchanged, counting their samples (``samples``)."""
+
+    def __init__(self, blocks: Iterable[np.ndarray]) -> None:
+        self.blocks, self.samples = blocks, 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in self.blocks:
+            self.samples += len(block)
+            yield block
+
+
+def stream_codes(model, blocks: Iterable[np.ndarray], n_q: int) -> Iterator[np.ndarray]:
+    """Codes int64 [n_q, f] as the streaming encoder emits them for mono float32 blocks [L] at
+    model.sample_rate (f >= 0 frames each), the last chunk from its flush. The model streams
+    until the generator ends or is closed (``contextlib.closing``)."""
+    with torch.inference_mode(), model.streaming():
+        for block in blocks:
+            yield model.encode(torch.from_numpy(block)[None, None], n_q=n_q)[0].cpu().numpy()
+        yield model.flush(n_q=n_q)[0].cpu().numpy()
+
+
 def encode_stream(model, blocks: Iterable[np.ndarray], out: BinaryIO, header: Header,
                   priors: Priors | None = None) -> EncodeResult:
     """Encode mono float32 blocks [L] at model.sample_rate into ``out``, frame by frame."""
     writer = BitstreamWriter(out, header, priors)
-    n_q, num_samples = header.num_stages, 0
-    with torch.inference_mode(), model.streaming():
-        for block in blocks:
-            num_samples += len(block)
-            codes = model.encode(torch.from_numpy(block)[None, None], n_q=n_q)
-            writer.write(codes[0].cpu().numpy())
-        writer.write(model.flush(n_q=n_q)[0].cpu().numpy())
-    size = writer.finish(num_samples)
-    return EncodeResult(num_samples, writer.num_frames, size)
+    counted = Counted(blocks)
+    with closing(stream_codes(model, counted, header.num_stages)) as chunks:
+        for codes in chunks:
+            writer.write(codes)
+    size = writer.finish(counted.samples)
+    return EncodeResult(counted.samples, writer.num_frames, size)
 
 
 def fixed_width_if_smaller(f: BinaryIO, result: EncodeResult, priors: Priors) -> EncodeResult | None:
@@ -109,9 +129,10 @@ def fixed_width_if_smaller(f: BinaryIO, result: EncodeResult, priors: Priors) ->
 
 
 def decode_blocks(model, parsed: Parsed, priors: Priors | None = None,
-                  block_frames: int = DECODE_BLOCK_FRAMES) -> Iterator[np.ndarray]:
-    """Yield float32 audio blocks [L] (model.sample_rate), trimmed to the stored sample count."""
-    check_model(parsed.header, model)
+                  block_frames: int = DECODE_BLOCK_FRAMES, fingerprint: bytes | None = None) -> Iterator[np.ndarray]:
+    """Yield float32 audio blocks [L] (model.sample_rate), trimmed to the stored sample count.
+    ``fingerprint``: the model's, when already computed (``check_model``)."""
+    check_model(parsed.header, model, fingerprint)
     codes = torch.from_numpy(decode_codes(parsed, priors))[None]  # [1, N, F]
     remaining = parsed.trailer.num_samples
     with torch.inference_mode():
