@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from codec.cli.common import (
     CLIError,
+    choose_stages,
     int_in,
     load_model,
     model_help,
@@ -70,27 +71,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="encode in float64: the codes equal the model's offline encode bit for bit (slower)")
     add_quiet_option(p)
     p.set_defaults(func=run)
-
-
-def choose_stages(model, stages: int | None, bitrate: float | None) -> int:
-    """Stages from ``--stages`` or ``--bitrate`` (all when neither); CLIError if out of range."""
-    from codec.files.coding import stages_for_bitrate
-
-    if stages is not None:
-        if stages > model.num_stages:
-            raise CLIError(f"--stages {stages} out of range 1..{model.num_stages}")
-        return stages
-    if bitrate is None:
-        return model.num_stages
-    try:
-        n_q = stages_for_bitrate(model, bitrate)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    top = model.bitrate(model.num_stages)
-    if bitrate > top * (1 + 1e-9):
-        note(f"--bitrate {bitrate / 1000:g}k is above this model's highest ({top / 1000:g} kbit/s);"
-             f" using all {model.num_stages} stages")
-    return n_q
 
 
 def header_interval(seconds_: float, frame_rate: float, packet_frames: int) -> int:
