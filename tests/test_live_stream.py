@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import select
 import shutil
 import signal
 import subprocess
@@ -25,6 +27,8 @@ from codec.bitstream import BitstreamError
 from codec.bitstream.live import LiveHeader, LiveWriter, header_size
 from codec.bitstream.live_reader import End, Frames, LiveReader
 from codec.cli import main
+from codec.cli.live_io import READ_SIZE
+from codec.cli.signals import StopBetweenChunks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,14 +70,27 @@ def make_stream(frames: int, packet_frames: int = 1, header_every: int = 4, seed
     return b"".join(out), codes, samples
 
 
-def read_all(data: bytes, pieces: list[int] | None = None, join: bool = False) -> tuple[LiveReader, list]:
-    """Feed ``data`` in pieces of the given sizes (cycled; None: at once), then close."""
+def feed_all(data: bytes, pieces: list[int] | None = None, join: bool = False) -> tuple[LiveReader, list,
+                                                                                       BitstreamError | None]:
+    """Feed ``data`` in pieces of the given sizes (cycled; None: at once), then close ->
+    (reader, the events read, the BitstreamError that stopped it or None)."""
     r, events, pos, k = LiveReader(join=join), [], 0, 0
     sizes = pieces or [len(data) or 1]
-    while pos < len(data):
-        events += r.feed(data[pos : pos + sizes[k % len(sizes)]])
-        pos, k = pos + sizes[k % len(sizes)], k + 1
-    r.close()
+    try:
+        while pos < len(data):
+            events += r.feed(data[pos : pos + sizes[k % len(sizes)]])
+            pos, k = pos + sizes[k % len(sizes)], k + 1
+        r.close()
+    except BitstreamError as e:
+        return r, events, e
+    return r, events, None
+
+
+def read_all(data: bytes, pieces: list[int] | None = None, join: bool = False) -> tuple[LiveReader, list]:
+    """``feed_all`` that raises the error."""
+    r, events, error = feed_all(data, pieces, join)
+    if error is not None:
+        raise error
     return r, events
 
 
@@ -98,21 +115,55 @@ def test_packets_round_trip_in_any_pieces(packet_frames: int) -> None:
         assert r.ended and r.next_frame == 23
 
 
-def test_every_damage_is_detected() -> None:
-    """A flipped bit anywhere, a lost packet, a cut at any byte: BitstreamError (from feed or
-    close), never different codes."""
-    data, _, _ = make_stream(9, header_every=3)
+#: What a damaged stream is reported as: damage, a gap, or a first header that is no stream of
+#: this version; never a stream cut off or left without its end packet (single-byte damage to a
+#: length-giving byte is told from a cut by the CRC at end of input).
+DAMAGE = "damaged|gap in the stream|wrong magic|unsupported live stream version"
+
+
+@pytest.mark.parametrize("packet_frames", [1, 3])
+def test_every_damage_is_detected(packet_frames: int) -> None:
+    """A flipped bit anywhere (every bit of every byte), a lost packet, a cut at any byte: a
+    BitstreamError that names it (from feed or close), fed at once or byte by byte, and never
+    different codes: what was read before the error is the undamaged stream's beginning."""
+    data, codes, samples = make_stream(11, packet_frames, header_every=3)
+    h = header(packet_frames)
     for i in range(len(data)):
-        bad = data[:i] + bytes([data[i] ^ (1 << (i % 8))]) + data[i + 1 :]
-        with pytest.raises(BitstreamError):
-            read_all(bad)
+        for bit in range(8):
+            bad = data[:i] + bytes([data[i] ^ (1 << bit)]) + data[i + 1 :]
+            for pieces in (None, [1]):
+                _, events, error = feed_all(bad, pieces)
+                assert error is not None and re.search(DAMAGE, str(error)), (i, bit, error)
+                assert all(e == h.at_frame(e.frame) for e in events if isinstance(e, LiveHeader)), (i, bit)
+                assert all(e.num_samples == samples for e in events if isinstance(e, End)), (i, bit)
+                if any(isinstance(e, (Frames, End)) for e in events):
+                    got = codes_of(events)
+                    assert np.array_equal(got, codes[:, : got.shape[1]]), (i, bit)
     for cut in range(len(data)):
         with pytest.raises(BitstreamError, match="truncated|cut off|without its end|empty"):
             read_all(data[:cut])
-    h = header()
     first = h.size  # the first frames packet
-    with pytest.raises(BitstreamError, match="gap in the stream: expected frame 0, got frame 1"):
+    with pytest.raises(BitstreamError, match=f"gap in the stream: expected frame 0, got frame {packet_frames}:"):
         read_all(data[:first] + data[first + h.frames_packet_size :])
+
+
+def test_damaged_length_byte_is_damage_not_a_cut() -> None:
+    """A damaged end-packet frame count within 0..P, or kind, or the first header's stage count,
+    makes the reader wait for a longer packet than was sent: at end of input that is reported as
+    damage (the CRC holds with the byte set right), while the same bytes cut short are a cut."""
+    data, _, _ = make_stream(10, packet_frames=4, header_every=0)  # the end packet holds 2 frames
+    h = header(4)
+    end = h.size + 2 * h.frames_packet_size
+    assert data[end] == ord("E") and data[end + 3] == 2
+    # (byte, damaged value, where the damaged packet ends)
+    for at, value, stop in [(end + 3, 3, len(data)), (end + 3, 4, len(data)), (end, ord("F"), len(data)),
+                            (end, ord("R"), len(data)), (5, 200, h.size), (5, 255, h.size)]:
+        bad = bytearray(data)
+        bad[at] = value
+        with pytest.raises(BitstreamError, match="damaged"):
+            read_all(bytes(bad))
+        with pytest.raises(BitstreamError, match="cut off|truncated"):
+            read_all(bytes(bad[: stop - 1]))  # the CRC's last byte is gone: no whole packet to check
 
 
 def test_events_before_damage_come_first() -> None:
@@ -169,6 +220,21 @@ def s16(wav: torch.Tensor) -> bytes:
 
 def spawn(*args: str, stdin, stdout=subprocess.PIPE) -> subprocess.Popen:
     return subprocess.Popen([*EXE, *args], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=ENV, cwd=REPO)
+
+
+def read_until(fd: int, n: int, timeout: float = 120) -> bytes:
+    """Read ``fd`` until ``n`` bytes have come -> them (no more); fewer when the writer closed or
+    the ``timeout`` (seconds) passed first."""
+    got, deadline = b"", time.monotonic() + timeout
+    while len(got) < n:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        data = os.read(fd, min(1 << 16, n - len(got)))
+        if not data:  # the writer closed: nothing more will come
+            break
+        got += data
+    return got
 
 
 def pipeline(enc_args: list[str], dec_args: list[str], source: Path, tee: Path) -> tuple[bytes, list, list]:
@@ -285,19 +351,28 @@ class Lines(threading.Thread):
         return "".join(self.lines)
 
 
-#: Processing margin on top of the model's latency. The commands do ~2 ms of work per frame (native
-#: engine, warmed up before 'ready'); the rest is three processes woken in turn through two pipes.
-#: Measured on a 2-core machine with two training runs keeping both cores busy (load average 4-6):
-#: first output 5-11 ms after the first write, per-write lag p95 under 10 ms. A busy machine can
-#: still stall a process for a scheduler slice or a page-in now and then, so the bound is 300 ms:
-#: far above what was measured, far below what holding output back (2 s of input here) would give.
-MARGIN_S = 0.3
+#: Allowance for the first decoded bytes, on top of the model's latency: they also pay for each
+#: process's first pass through its loop, which a busy machine may delay by a scheduler slice or
+#: a page-in; still far below what holding output back until end of input (2 s here) would give.
+FIRST_MARGIN_S = 0.3
+#: Allowances for the per-write lag (see the test): its median and its 90th percentile.
+LAG_MEDIAN_S = 0.06
+LAG_P90_S = 0.15
 
 
 def test_paced_writer_gets_output_within_latency(model: Codec) -> None:
     """20 ms of s16le every 20 ms into stream-encode | stream-decode: the first decoded bytes
-    come within the latency + MARGIN_S after the write that completed the first frame, and the
-    output keeps pace while the writer still writes (not held until end of input)."""
+    come within the latency + FIRST_MARGIN_S after the write that completed the first frame, and
+    the output keeps pace with the writer frame by frame (not held until end of input).
+
+    Each write completes a frame; its lag is the time from the write until the samples it made
+    final (all but the synthesis look-ahead, so the model's latency is already taken off) have
+    come out of the decoder: only the processing of three processes woken in turn through two
+    pipes. A decoder that holds back k frames adds k * 20 ms to every write's lag, which the
+    median sees whatever a loaded machine does to single writes: its bound, 60 ms (3 frames),
+    is far above what the work takes on a busy machine and is failed by a decoder lagging 5
+    frames (100 ms). The 90th percentile's bound, 150 ms, lets one write in ten wait for a
+    scheduler slice or a page-in, but not the output to fall behind for long stretches."""
     pcm = s16(speech(2.0, index=2))
     chunk = 2 * HOP  # bytes of 20 ms
     enc = spawn("stream-encode", stdin=subprocess.PIPE)
@@ -331,12 +406,9 @@ def test_paced_writer_gets_output_within_latency(model: Codec) -> None:
     lags = [arrivals[int(np.searchsorted(total, (i + 1) * HOP - lookahead))][0] - w for i, w in enumerate(writes)]
     n_before = int(np.searchsorted([t for t, _ in arrivals], closed))
     before_close = int(total[n_before - 1]) if n_before else 0
-    print(f"\nlive loop, 20 ms writes: first output {1000 * first:.1f} ms after the first write; per-write lag"
-          f" median {1000 * np.median(lags):.1f} ms, p95 {1000 * np.percentile(lags, 95):.1f} ms, max"
-          f" {1000 * max(lags):.1f} ms; {len(arrivals)} reads; {before_close} of {total[-1]} samples out before"
-          f" the writer closed; load average {os.getloadavg()[0]:.2f}")
-    assert first <= latency + MARGIN_S
-    assert np.median(lags) <= latency + MARGIN_S
+    assert first <= latency + FIRST_MARGIN_S
+    assert np.median(lags) <= LAG_MEDIAN_S, sorted(lags)
+    assert np.percentile(lags, 90) <= LAG_P90_S, sorted(lags)
     assert len(arrivals) >= 50  # frame after frame, not one block at the end
     assert before_close >= 0.9 * (len(pcm) // 2 - lookahead)
 
@@ -349,7 +421,7 @@ def test_reader_closing_early_ends_quietly(tmp_path: Path) -> None:
         enc = spawn("stream-encode", "-q", stdin=f)
     dec = spawn("stream-decode", "-q", stdin=enc.stdout)
     enc.stdout.close()
-    got = dec.stdout.read(4000)
+    got = read_until(dec.stdout.fileno(), 4000)
     dec.stdout.close()
     assert len(got) == 4000
     assert dec.wait(120) == 141 and enc.wait(120) in (0, 141)
@@ -382,15 +454,70 @@ def test_sigterm_to_the_encoder_closes_the_stream(model: Codec) -> None:
     enc_err = Lines(enc.stderr)
     assert enc_err.seen.wait(120), enc_err.text
     os.write(enc.stdin.fileno(), pcm)
-    got = b""
-    while len(got) < len(pcm) - 2 * (model.latency - HOP):  # all but the look-ahead is out: input consumed
-        got += os.read(dec.stdout.fileno(), 1 << 16)
+    final = len(pcm) - 2 * (model.latency - HOP)  # all but the look-ahead is out: the input was consumed
+    got = read_until(dec.stdout.fileno(), final)
+    assert len(got) == final, (len(got), enc_err.text)
     enc.send_signal(signal.SIGTERM)
     rest, dec_err = dec.communicate(timeout=120)
     assert enc.wait(60) == 128 + signal.SIGTERM and dec.returncode == 0, dec_err
     assert len(got + rest) == len(pcm)
     assert "stopped by SIGTERM" in enc_err.text and "Traceback" not in enc_err.text
     enc.stdin.close()
+
+
+def test_sigterm_while_coding_still_ends_the_stream(tmp_path: Path) -> None:
+    """SIGTERM while the encoder is busy coding (40 s of input from a file, read and coded in
+    blocks of READ_SIZE bytes; the signal sent as soon as decoded audio comes out): the block
+    under way is coded and sent, then the end packet. The decoder ends with exit 0 and no error,
+    its output the whole blocks the encoder read; the encoder reports the signal (143)."""
+    pcm = s16(speech(4.0, index=3)) * 10
+    (tmp_path / "in.s16").write_bytes(pcm)
+    with open(tmp_path / "in.s16", "rb") as f:
+        enc = spawn("stream-encode", "-q", stdin=f)
+    dec = spawn("stream-decode", "-q", stdin=enc.stdout)
+    enc.stdout.close()
+    got = read_until(dec.stdout.fileno(), 1)
+    enc.send_signal(signal.SIGTERM)
+    rest, dec_err = dec.communicate(timeout=300)
+    enc_err = enc.stderr.read().decode()
+    enc.stderr.close()
+    assert got and enc.wait(60) == 128 + signal.SIGTERM and dec.returncode == 0, (dec_err, enc_err)
+    assert dec_err == b"" and "stopped by SIGTERM" in enc_err and "Traceback" not in enc_err
+    out = got + rest
+    assert 0 < len(out) < len(pcm) and len(out) % READ_SIZE == 0  # s16 in and out: bytes = samples * 2
+
+
+def test_signals_wait_for_the_chunk_under_way() -> None:
+    """StopBetweenChunks: a signal during a chunk acts, by the handler it had before, once the
+    chunk has ended; outside a chunk at once; a second one during a chunk at once, marking the
+    chunk cut. The handlers are restored after."""
+
+    class Stopped(Exception):
+        pass
+
+    def stop_here(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    old = signal.signal(signal.SIGHUP, stop_here)
+    try:
+        done = []
+        with StopBetweenChunks() as stop:
+            with pytest.raises(Stopped), stop.chunk():
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(0.05)  # the handler has run by now: it only noted the signal
+                done.append("chunk")
+            assert done == ["chunk"] and not stop.cut
+            with pytest.raises(Stopped):
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(0.05)
+            with pytest.raises(Stopped), stop.chunk():
+                os.kill(os.getpid(), signal.SIGHUP)
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(0.05)
+            assert stop.cut
+        assert signal.getsignal(signal.SIGHUP) is stop_here
+    finally:
+        signal.signal(signal.SIGHUP, old)
 
 
 def test_damaged_stream_is_one_error_line(exact_run: dict) -> None:

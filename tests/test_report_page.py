@@ -12,7 +12,6 @@ import io
 import os
 import shutil
 import threading
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -248,7 +247,6 @@ def test_report_page_plays_in_headless_chromium(evaluated: Path, tmp_path: Path)
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    start = time.monotonic()
     # chromedriver named explicitly: selenium then never tries to download one
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     try:
@@ -280,4 +278,3 @@ def test_report_page_plays_in_headless_chromium(evaluated: Path, tmp_path: Path)
         driver.quit()
         server.shutdown()
         server.server_close()
-    print(f"browser checks took {time.monotonic() - start:.1f} s")

@@ -44,8 +44,62 @@ MAX_BLOCK_FRAMES = 1 << 16
 MAX_CODEBOOK_SIZE = 1 << 16
 
 
+class StageLayout:
+    """What a ``.rvq`` header (``Header``) and a live stream's (``live.LiveHeader``) share: the
+    model's rate, hop and fingerprint and the codebook sizes K_i of the stages used, what follows
+    from them, and their range checks. The base of frozen dataclasses that declare these fields;
+    each adds its own fields' checks in ``validate``."""
+
+    sample_rate: int
+    hop_length: int
+    codebook_sizes: tuple[int, ...]
+    fingerprint: bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "codebook_sizes", tuple(int(k) for k in self.codebook_sizes))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise BitstreamError if any field is out of range."""
+        self.validate_layout()
+
+    @property
+    def num_stages(self) -> int:
+        """N, the number of stages used (the model's first N)."""
+        return len(self.codebook_sizes)
+
+    @property
+    def bit_widths(self) -> tuple[int, ...]:
+        """ceil(log2 K_i) bits per code of each stage (fixed-width packing)."""
+        return tuple(max(1, (k - 1).bit_length()) for k in self.codebook_sizes)
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def nominal_bitrate(self) -> float:
+        """frame_rate * sum_i log2 K_i, bits per second of codes."""
+        return self.frame_rate * sum(math.log2(k) for k in self.codebook_sizes)
+
+    def validate_layout(self) -> None:
+        """Raise BitstreamError if a shared field is out of range: N 1..255, rate, hop, each K_i
+        2..65536, a 16-byte fingerprint."""
+        if not 1 <= self.num_stages <= 255:
+            raise BitstreamError(f"number of stages {self.num_stages} out of range 1..255")
+        if not 1 <= self.sample_rate <= MAX_SAMPLE_RATE:
+            raise BitstreamError(f"sample rate {self.sample_rate} out of range")
+        if not 1 <= self.hop_length <= MAX_HOP_LENGTH:
+            raise BitstreamError(f"hop length {self.hop_length} out of range")
+        if any(not 2 <= k <= MAX_CODEBOOK_SIZE for k in self.codebook_sizes):
+            raise BitstreamError(f"codebook sizes {list(self.codebook_sizes)} out of range 2..65536")
+        if len(self.fingerprint) != FINGERPRINT_SIZE:
+            raise BitstreamError("bad fingerprint length")
+
+
 @dataclass(frozen=True)
-class Header:
+class Header(StageLayout):
     """Everything known before the first frame is written.
 
     codebook_sizes: K_i of each stage used, len N (1..255), each 2..65536.
@@ -60,33 +114,10 @@ class Header:
     priors_id: bytes = bytes(PRIORS_ID_SIZE)
     version: int = VERSION
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "codebook_sizes", tuple(int(k) for k in self.codebook_sizes))
-        self.validate()
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.codebook_sizes)
-
     @property
     def size(self) -> int:
         """Header size in bytes: 44 + 2 * N."""
         return FIXED_HEADER_SIZE + 2 * self.num_stages
-
-    @property
-    def bit_widths(self) -> tuple[int, ...]:
-        """ceil(log2 K_i) bits per code of each stage (fixed-width packing)."""
-        return tuple(max(1, (k - 1).bit_length()) for k in self.codebook_sizes)
-
-    @property
-    def frame_rate(self) -> float:
-        """Frames per second."""
-        return self.sample_rate / self.hop_length
-
-    @property
-    def nominal_bitrate(self) -> float:
-        """frame_rate * sum_i log2 K_i, bits per second."""
-        return self.frame_rate * sum(math.log2(k) for k in self.codebook_sizes)
 
     def validate(self) -> None:
         """Raise BitstreamError if any field is out of range."""
@@ -94,16 +125,9 @@ class Header:
             raise BitstreamError(f"unsupported bitstream version {self.version} (this build reads {VERSION})")
         if self.mode not in MODE_NAMES:
             raise BitstreamError(f"unknown coding mode {self.mode}")
-        if not 1 <= self.num_stages <= 255:
-            raise BitstreamError(f"number of stages {self.num_stages} out of range 1..255")
-        if not 1 <= self.sample_rate <= MAX_SAMPLE_RATE:
-            raise BitstreamError(f"sample rate {self.sample_rate} out of range")
-        if not 1 <= self.hop_length <= MAX_HOP_LENGTH:
-            raise BitstreamError(f"hop length {self.hop_length} out of range")
-        if any(not 2 <= k <= MAX_CODEBOOK_SIZE for k in self.codebook_sizes):
-            raise BitstreamError(f"codebook sizes {list(self.codebook_sizes)} out of range 2..65536")
-        if len(self.fingerprint) != FINGERPRINT_SIZE or len(self.priors_id) != PRIORS_ID_SIZE:
-            raise BitstreamError("bad fingerprint or priors id length")
+        self.validate_layout()
+        if len(self.priors_id) != PRIORS_ID_SIZE:
+            raise BitstreamError("bad priors id length")
         if self.mode == MODE_FIXED and (self.block_frames != 0 or any(self.priors_id)):
             raise BitstreamError("fixed-width file with block size or priors id set")
         if self.mode == MODE_RANGE and not 1 <= self.block_frames <= MAX_BLOCK_FRAMES:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
-import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -25,13 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from codec.bitstream.errors import BitstreamError
-from codec.bitstream.header import (
-    FINGERPRINT_SIZE,
-    MAX_CODEBOOK_SIZE,
-    MAX_HOP_LENGTH,
-    MAX_SAMPLE_RATE,
-)
 from codec.bitstream.header import MAGIC as FILE_MAGIC
+from codec.bitstream.header import StageLayout
 from codec.bitstream.packing import pack_codes, packed_size
 
 LIVE_MAGIC = b"RVQL"
@@ -59,7 +53,7 @@ def crc16(data: bytes | bytearray | memoryview) -> int:
 
 
 @dataclass(frozen=True)
-class LiveHeader:
+class LiveHeader(StageLayout):
     """The stream's parameters (the header packet).
 
     codebook_sizes: K_i of each stage used, len N (1..255), each 2..65536; packet_frames:
@@ -75,33 +69,10 @@ class LiveHeader:
     frame: int = 0
     version: int = LIVE_VERSION
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "codebook_sizes", tuple(int(k) for k in self.codebook_sizes))
-        self.validate()
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.codebook_sizes)
-
     @property
     def size(self) -> int:
         """Header packet size in bytes: 40 + 2 * N."""
         return header_size(self.num_stages)
-
-    @property
-    def bit_widths(self) -> tuple[int, ...]:
-        """ceil(log2 K_i) bits per code of each stage (fixed-width packing, as in .rvq files)."""
-        return tuple(max(1, (k - 1).bit_length()) for k in self.codebook_sizes)
-
-    @property
-    def frame_rate(self) -> float:
-        """Frames per second."""
-        return self.sample_rate / self.hop_length
-
-    @property
-    def nominal_bitrate(self) -> float:
-        """frame_rate * sum_i log2 K_i, bits per second of codes."""
-        return self.frame_rate * sum(math.log2(k) for k in self.codebook_sizes)
 
     @property
     def frames_packet_size(self) -> int:
@@ -123,18 +94,9 @@ class LiveHeader:
         """Raise BitstreamError if any field is out of range."""
         if self.version != LIVE_VERSION:
             raise BitstreamError(f"unsupported live stream version {self.version} (this build reads {LIVE_VERSION})")
-        if not 1 <= self.num_stages <= 255:
-            raise BitstreamError(f"number of stages {self.num_stages} out of range 1..255")
+        self.validate_layout()
         if not 1 <= self.packet_frames <= MAX_PACKET_FRAMES:
             raise BitstreamError(f"frames per packet {self.packet_frames} out of range 1..{MAX_PACKET_FRAMES}")
-        if not 1 <= self.sample_rate <= MAX_SAMPLE_RATE:
-            raise BitstreamError(f"sample rate {self.sample_rate} out of range")
-        if not 1 <= self.hop_length <= MAX_HOP_LENGTH:
-            raise BitstreamError(f"hop length {self.hop_length} out of range")
-        if any(not 2 <= k <= MAX_CODEBOOK_SIZE for k in self.codebook_sizes):
-            raise BitstreamError(f"codebook sizes {list(self.codebook_sizes)} out of range 2..65536")
-        if len(self.fingerprint) != FINGERPRINT_SIZE:
-            raise BitstreamError("bad fingerprint length")
         if not 0 <= self.frame < FRAME_MOD:
             raise BitstreamError(f"frame index {self.frame} out of range")
 
@@ -146,22 +108,27 @@ class LiveHeader:
         return body + HEADER_CRC.pack(zlib.crc32(body))
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview) -> LiveHeader:
+    def from_bytes(cls, data: bytes | bytearray | memoryview, size: int | None = None) -> LiveHeader:
         """Parse and check the header packet at the start of ``data`` (which may continue past
-        it): magic, version, length, CRC, then the fields. Raises BitstreamError."""
+        it): magic, version, length, CRC, then the fields. Raises BitstreamError.
+
+        size: the packet's size when known (a repeated header's is the first's): the CRC is
+        checked there first, so that a damaged stage count is damage, not a header cut short."""
         if len(data) < 4 or bytes(data[:4]) != LIVE_MAGIC:
             raise BitstreamError(wrong_magic(bytes(data[:4])))
-        if len(data) < HEADER_FIXED.size:
+        if len(data) < max(HEADER_FIXED.size, size or 0):
             raise BitstreamError("stream truncated inside its header")
         _, version, n, frames, flags, sr, hop, frame, fp = HEADER_FIXED.unpack_from(data, 0)
-        if version != LIVE_VERSION:
+        if version != LIVE_VERSION and size is None:  # (a repeated header's: after its CRC, as damage)
             raise BitstreamError(f"unsupported live stream version {version} (this build reads {LIVE_VERSION})")
-        size = header_size(n)
+        size = size or header_size(n)
         if len(data) < size:
             raise BitstreamError("stream truncated inside its header")
         (crc,) = HEADER_CRC.unpack_from(data, size - HEADER_CRC.size)
         if zlib.crc32(bytes(data[: size - HEADER_CRC.size])) != crc:
             raise BitstreamError("stream header CRC mismatch: the stream is damaged")
+        if header_size(n) != size:
+            raise BitstreamError(f"stream header of {n} stages where {size} bytes were expected")
         if flags != 0:
             raise BitstreamError(f"unknown header flags {flags:#x}")
         sizes = struct.unpack_from(f"<{n}H", data, HEADER_FIXED.size)

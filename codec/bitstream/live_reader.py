@@ -6,6 +6,7 @@ codes in range) before it is used; ``join`` starts mid-stream at the next repeat
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from codec.bitstream.live import (
     END_PREFIX,
     FRAME_MOD,
     FRAMES_PREFIX,
+    HEADER_CRC,
     HEADER_FIXED,
     KIND_END,
     KIND_FRAMES,
@@ -29,6 +31,23 @@ from codec.bitstream.live import (
     wrong_magic,
 )
 from codec.bitstream.packing import packed_size, unpack_codes
+
+
+def _damaged_stage_count(data: bytes | bytearray) -> bool:
+    """Whether ``data``, too short for the header packet its stage count N asks for, starts with a
+    whole header packet whose CRC32 holds once N is set right: a damaged N made a reader wait for
+    a longer header than was sent (the CRC tells this damage from a stream cut off in its header)."""
+    if len(data) < HEADER_FIXED.size or bytes(data[:4]) != LIVE_MAGIC:
+        return False
+    body = bytearray(data[: HEADER_FIXED.size + 2 * 255])
+    for n in range(1, 256):
+        size = header_size(n)
+        if size > len(data):
+            break
+        body[5] = n
+        if zlib.crc32(body[: size - HEADER_CRC.size]) == HEADER_CRC.unpack_from(data, size - HEADER_CRC.size)[0]:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -100,7 +119,10 @@ class LiveReader:
         return events
 
     def close(self) -> None:
-        """End of input: raise BitstreamError unless the stream ended with its end packet."""
+        """End of input: raise BitstreamError unless the stream ended with its end packet. Bytes
+        held that make no whole packet are a stream cut off, unless the CRC shows a whole packet
+        (header, frames or end) in them whose length-giving byte was damaged (the stage count,
+        the kind, an end packet's frame count): that is reported as damage."""
         self.raise_pending()
         if self.ended:
             return
@@ -109,11 +131,43 @@ class LiveReader:
                 raise BitstreamError(f"no live stream header found in {self.bytes_read} bytes")
             if self.bytes_read == 0:
                 raise BitstreamError("empty input: no live stream")
+            if _damaged_stage_count(self._buf):
+                raise BitstreamError("stream header has a damaged stage count (its CRC holds with it corrected):"
+                                     " the stream is damaged")
             raise BitstreamError("stream truncated inside its header")
-        where = f"after frame {self.next_frame - 1}" if self.next_frame > self.header.frame else "before any frame"
         if self._buf:
-            raise BitstreamError(f"stream cut off inside a packet {where} (no end packet: the encoder stopped?)")
-        raise BitstreamError(f"stream ended without its end packet {where} (the encoder stopped?)")
+            if self._damaged_kind_or_count():
+                raise BitstreamError(f"packet {self._where} has a damaged kind or frame count (its CRC holds with"
+                                     " them corrected): the stream is damaged")
+            raise BitstreamError(f"stream cut off inside a packet {self._where} (no end packet: the encoder stopped?)")
+        raise BitstreamError(f"stream ended without its end packet {self._where} (the encoder stopped?)")
+
+    def _damaged_kind_or_count(self) -> bool:
+        """At end of input, with bytes held that make no whole packet: whether they start with a
+        whole frames or end packet whose CRC holds once its kind byte (and an end packet's frame
+        count) is set right. A damaged kind or count makes the reader wait for a longer packet
+        than was sent; the CRC tells this damage from a stream cut off inside a packet."""
+        h, buf = self.header, self._buf
+        sizes = [(KIND_FRAMES, None, h.frames_packet_size)]
+        sizes += [(KIND_END, f, END_PREFIX.size + packed_size(f, h.bit_widths) + PACKET_CRC.size)
+                  for f in range(h.packet_frames + 1)]
+        for kind, f, size in sizes:
+            if size > len(buf):
+                continue
+            body = bytearray(buf[: size - PACKET_CRC.size])
+            body[0] = kind
+            if f is not None:
+                body[3] = f
+            if crc16(body) == PACKET_CRC.unpack_from(buf, size - PACKET_CRC.size)[0]:
+                return True
+        return False
+
+    @property
+    def _where(self) -> str:
+        """Where the next packet is, for messages: 'after frame n', or 'before any frame'."""
+        if self.header is None or self.next_frame == self.header.frame:
+            return "before any frame"
+        return f"after frame {self.next_frame - 1}"
 
     def raise_pending(self) -> None:
         """Raise the error found after the events the last ``feed`` returned, if any."""
@@ -134,7 +188,7 @@ class LiveReader:
             return self._frames_packet()
         if kind == KIND_END:
             return self._end_packet()
-        raise BitstreamError(f"bad packet kind {kind:#04x} after frame {self.next_frame - 1}: the stream is damaged")
+        raise BitstreamError(f"bad packet kind {kind:#04x} {self._where}: the stream is damaged")
 
     def _first_header(self) -> tuple[LiveHeader | None, int]:
         buf = self._buf
@@ -178,9 +232,9 @@ class LiveReader:
         if len(self._buf) < h.size:
             return None, 0
         try:
-            again = LiveHeader.from_bytes(self._buf)
+            again = LiveHeader.from_bytes(self._buf, h.size)
         except BitstreamError as e:
-            raise BitstreamError(f"repeated header after frame {self.next_frame - 1}: {e}") from None
+            raise BitstreamError(f"repeated header {self._where}: {e}") from None
         if again.at_frame(h.frame) != h:
             raise BitstreamError(f"the stream's parameters changed at frame {self.next_frame}")
         if again.frame != self.next_frame % FRAME_MOD:
@@ -204,7 +258,7 @@ class LiveReader:
             return None, 0
         _, _, f, num_samples = END_PREFIX.unpack_from(self._buf, 0)
         if f > h.packet_frames:
-            raise BitstreamError(f"end packet after frame {self.next_frame - 1} claims {f} frames"
+            raise BitstreamError(f"end packet {self._where} claims {f} frames"
                                  f" (at most {h.packet_frames}): the stream is damaged")
         size = END_PREFIX.size + packed_size(f, h.bit_widths) + PACKET_CRC.size
         if len(self._buf) < size:
@@ -224,7 +278,7 @@ class LiveReader:
         packet = bytes(self._buf[:size])
         (crc,) = PACKET_CRC.unpack_from(packet, size - PACKET_CRC.size)
         if crc16(packet[: -PACKET_CRC.size]) != crc:
-            raise BitstreamError(f"packet CRC mismatch after frame {self.next_frame - 1}: the stream is damaged")
+            raise BitstreamError(f"packet CRC mismatch {self._where}: the stream is damaged")
         (seq,) = struct.unpack_from("<H", packet, 1)
         if seq != self.next_frame % SEQ_MOD:
             raise self._gap(seq, SEQ_MOD)

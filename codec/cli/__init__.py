@@ -26,19 +26,12 @@ from collections.abc import Iterator
 from codec.cli import decode, demo, encode, export, info, priors, stream_decode, stream_encode, train
 from codec.cli import eval as evaluate
 from codec.cli.common import EXIT_BAD_INPUT, CLIError, warn
+from codec.cli.signals import Terminated, signals_unwind
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = ["CLIError", "Terminated", "build_parser", "main"]
 
 SUBCOMMANDS = (encode, decode, stream_encode, stream_decode, info, priors, train, evaluate, export, demo)
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE, as cat
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so outputs are cleaned up."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
 
 
 def _version() -> str:
@@ -60,33 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in SUBCOMMANDS:
         command.add_parser(sub)
     return parser
-
-
-@contextlib.contextmanager
-def _signals_unwind() -> Iterator[None]:
-    """While inside: SIGTERM and SIGHUP raise Terminated in the main thread (restored after).
-    A forked child (a data-loading worker) that inherits the handler dies of the signal as
-    before instead."""
-    owner = os.getpid()
-
-    def handler(signum: int, frame: object) -> None:
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise Terminated(signum)
-
-    previous = {}
-    try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave the handlers alone
-        pass
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @contextlib.contextmanager
@@ -113,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from codec.bitstream.errors import BitstreamError
 
     try:
-        with _signals_unwind(), _warnings_as_notes():
+        with signals_unwind(), _warnings_as_notes():
             if args.command == "eval":
                 args.models = evaluate.shipped_names_to_dirs(args.models)
             status = args.func(args)  # an int: the exit code of a run that went on past a failure

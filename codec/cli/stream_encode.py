@@ -37,7 +37,8 @@ model's latency (35 ms for the default model) plus processing. The stream is a h
 fingerprint, stages), packets of --packet-frames frames (one by default), each with a sequence
 number and a CRC, and an end packet; the header is repeated every --header-every seconds so a
 decoder can join late (stream-decode --join). Layout: codec/bitstream/FORMAT.md.
-End of input ends the stream; so do Ctrl-C, SIGTERM and SIGHUP (the end packet is still sent)."""
+End of input ends the stream; so do Ctrl-C, SIGTERM and SIGHUP (the end packet is still sent,
+once the block being coded is out; a second signal meanwhile stops at once, without it)."""
 
 EPILOG = """\
 examples:
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from codec.cli.pcm import PcmReader
+    from codec.cli.signals import StopBetweenChunks, Terminated
     from codec.files.live import LiveEncoder, warm_up
 
     refuse_terminals(read=True, write=True)
@@ -106,26 +108,33 @@ def run(args: argparse.Namespace) -> None:
             note(f"stream-encode ready: {plural(n_q, 'stage')}, {h.nominal_bitrate / 1000:.2f} kbit/s of codes"
                  f" ({h.stream_bitrate(every) / 1000:.2f} kbit/s as packets); reading {args.pcm} mono at"
                  f" {model.sample_rate} Hz; latency {1000 * model.latency / model.sample_rate:g} ms")
-        try:
-            for data in read_chunks():
-                write_now(enc.push(pcm.feed(data)))
-        except Exception:
-            raise  # bad input or a closed pipe: reported as it is, no end packet
-        except BaseException:  # Ctrl-C, SIGTERM, SIGHUP (the command line's Terminated)
-            _end_quietly(enc)
-            raise
-        if pcm.leftover:
-            warn(f"input ended inside a sample: its {plural(pcm.leftover, 'byte')} dropped")
-        write_now(enc.finish())
+        # A signal while the encoder waits for input stops it at once; one while a block is being
+        # coded and sent waits until its packets are out (the model's stream cut part-way could
+        # not end). Either way the end packet follows, unless a second signal cut a block.
+        with StopBetweenChunks() as stop:
+            try:
+                for data in read_chunks():
+                    with stop.chunk():
+                        write_now(enc.push(pcm.feed(data)))
+                with stop.chunk():
+                    if pcm.leftover:
+                        warn(f"input ended inside a sample: its {plural(pcm.leftover, 'byte')} dropped")
+                    write_now(enc.finish())
+            except (KeyboardInterrupt, Terminated):  # Ctrl-C, SIGTERM, SIGHUP; bad input is no signal
+                if not stop.cut:
+                    _end_quietly(enc)
+                raise
     if not args.quiet:
         note(f"stream-encode: {plural(enc.writer.num_frames, 'frame')} ({seconds(enc.num_samples, model.sample_rate)})"
              f" x {plural(n_q, 'stage')}")
 
 
 def _end_quietly(enc: LiveEncoder) -> None:
-    """Stopped by a signal: close the stream with its end packet so the decoder ends cleanly too
-    (nothing more to do if stdout is gone)."""
+    """Stopped by a signal: close the stream with its end packet (unless already sent) so the
+    decoder ends cleanly too; nothing more to do if stdout is gone."""
+    if enc.writer.ended:
+        return
     try:
         write_now(enc.finish())
-    except Exception:  # noqa: BLE001, S110 - a broken pipe here changes nothing
+    except OSError:  # a closed pipe (BrokenPipeError) or a gone stdout: no one to tell
         pass

@@ -7,37 +7,32 @@ history recomputed. The packet format is ``codec.bitstream.live``.
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from codec.bitstream.errors import BitstreamError
 from codec.bitstream.live import LiveHeader, LiveWriter
 from codec.bitstream.live_reader import End, Frames, LiveReader
+from codec.files.coding import check_model, make_header
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing's from Python 3.11 on (torch requires typing_extensions)
+
+    from codec.model import Codec
 
 
-def live_header(model, num_stages: int, packet_frames: int = 1) -> LiveHeader:
-    """The stream header for ``model`` using its first ``num_stages`` stages."""
-    return LiveHeader(model.sample_rate, model.hop_length, tuple(model.codebook_sizes[:num_stages]),
-                      model.fingerprint(), packet_frames)
+def live_header(model: Codec, num_stages: int, packet_frames: int = 1) -> LiveHeader:
+    """The stream header for ``model`` using its first ``num_stages`` stages: the fields a
+    ``.rvq`` file's header has for it (``make_header``), in packets of ``packet_frames`` frames."""
+    h = make_header(model, num_stages)
+    return LiveHeader(h.sample_rate, h.hop_length, h.codebook_sizes, h.fingerprint, packet_frames)
 
 
-def check_live_model(header: LiveHeader, model, fingerprint: bytes | None = None) -> None:
-    """Raise BitstreamError unless the stream was made by this very model (``fingerprint``: the
-    model's, when already computed)."""
-    fp = fingerprint if fingerprint is not None else model.fingerprint()
-    if header.fingerprint != fp:
-        raise BitstreamError(f"the stream was made by another model (fingerprint {header.fingerprint.hex()[:12]}...,"
-                             f" this model is {fp.hex()[:12]}...); pass the encoder's --model")
-    if (header.sample_rate, header.hop_length) != (model.sample_rate, model.hop_length) or \
-            header.codebook_sizes != tuple(model.codebook_sizes[: header.num_stages]):
-        raise BitstreamError("the stream header disagrees with the model's rate, hop or codebook sizes")
-
-
-def warm_up(model, encoder: bool = True, decoder: bool = True) -> None:
+def warm_up(model: Codec, encoder: bool = True, decoder: bool = True) -> None:
     """Run one frame of silence through a throw-away stream of the parts asked for, so that the
     first real frame does not pay for preparing them (the native engine packs its weights on a
-    stream's first chunk: ~0.1-0.3 s; prepared engines are kept for later streams)."""
+    stream's first chunk; prepared engines are kept for later streams)."""
     with torch.inference_mode(), model.streaming():
         if encoder:
             model.encode(torch.zeros(1, 1, model.hop_length))
@@ -46,7 +41,22 @@ def warm_up(model, encoder: bool = True, decoder: bool = True) -> None:
             model.flush_decoder()
 
 
-class LiveEncoder:
+class _ModelStream:
+    """A context manager holding a stream of ``model`` (``model.streaming()``) while inside."""
+
+    def __init__(self, model: Codec) -> None:
+        self.model = model
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Self:
+        self._stack.enter_context(self.model.streaming())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+class LiveEncoder(_ModelStream):
     """Audio in, stream bytes out. Use as a context manager (it holds a model stream)::
 
         with LiveEncoder(model, n_q) as enc:
@@ -58,21 +68,15 @@ class LiveEncoder:
     header_every: repeat the header every that many packets (0: never) for late joiners.
     """
 
-    def __init__(self, model, n_q: int, packet_frames: int = 1, header_every: int = 0) -> None:
-        self.model, self.n_q = model, n_q
+    def __init__(self, model: Codec, n_q: int, packet_frames: int = 1, header_every: int = 0) -> None:
+        super().__init__(model)
+        self.n_q = n_q
         self.writer = LiveWriter(live_header(model, n_q, packet_frames), header_every)
-        self.num_samples = 0
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self) -> LiveEncoder:  # noqa: PYI034
-        self._stack.enter_context(self.model.streaming())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+        self.num_samples = 0  # samples coded so far
 
     @property
     def header(self) -> LiveHeader:
+        """The stream's header (as ``start`` sends it: ``frame`` 0)."""
         return self.writer.header
 
     def start(self) -> bytes:
@@ -80,12 +84,14 @@ class LiveEncoder:
         return self.writer.start()
 
     def push(self, block: np.ndarray) -> bytes:
-        """The next samples, float32 [L] -> bytes of the packets of the frames they complete."""
+        """The next samples, float32 [L] -> bytes of the packets of the frames they complete.
+        An exception raised part-way (a signal's) leaves the model's stream and ``num_samples``
+        apart, and ``finish`` then fails: stop between pushes (``codec stream-encode`` does)."""
         if len(block) == 0:
             return b""
-        self.num_samples += len(block)
         with torch.inference_mode():
             codes = self.model.encode(torch.from_numpy(np.ascontiguousarray(block, np.float32))[None, None], self.n_q)
+        self.num_samples += len(block)
         return self.writer.write(codes[0].numpy())
 
     def finish(self) -> bytes:
@@ -95,7 +101,7 @@ class LiveEncoder:
         return self.writer.end(codes[0].numpy(), self.num_samples)
 
 
-class LiveDecoder:
+class LiveDecoder(_ModelStream):
     """Stream bytes in, audio out. Use as a context manager (it holds a model stream)::
 
         with LiveDecoder(model) as dec:
@@ -108,23 +114,16 @@ class LiveDecoder:
     join: the input may start anywhere in a stream (``LiveReader``).
     """
 
-    def __init__(self, model, join: bool = False) -> None:
-        self.model = model
+    def __init__(self, model: Codec, join: bool = False) -> None:
+        super().__init__(model)
         self.reader = LiveReader(join=join)
         self.samples_out = 0
         self._limit: int | None = None  # samples to output in all, once the end packet told
         self._fingerprint = model.fingerprint()
-        self._stack = contextlib.ExitStack()
-
-    def __enter__(self) -> LiveDecoder:  # noqa: PYI034
-        self._stack.enter_context(self.model.streaming())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
 
     @property
     def header(self) -> LiveHeader | None:
+        """The stream's header once read (None before)."""
         return self.reader.header
 
     def push(self, data: bytes) -> np.ndarray:
@@ -133,7 +132,8 @@ class LiveDecoder:
         out, run = [], []
         for event in self.reader.feed(data):
             if isinstance(event, LiveHeader):
-                check_live_model(event, self.model, self._fingerprint)
+                check_model(event, self.model, self._fingerprint, source="the stream",
+                            hint="; pass the encoder's --model")
             elif isinstance(event, Frames):
                 run.append(event.codes)
             elif isinstance(event, End):
