@@ -201,3 +201,41 @@ def test_a_run_with_a_weight_average_exports_and_validates_the_average(tmp_path:
     logged = float([r for r in read_log(res.out_dir / "log.csv") if r["split"] == "valid"][-1]["loss"])
     assert logged == pytest.approx(scores["exported"], rel=1e-5)
     assert abs(scores["live"] - scores["exported"]) > 1e-4
+
+
+def test_the_average_leaves_the_quantizer_live() -> None:
+    """Codebooks are refitted when the warm-up ends and restarted when idle: the average holds
+    the encoder's and decoder's weights only, the stack stays the live one."""
+    model = tiny_model("ste")
+    avg = WeightAverage(model, decay=0.9)
+    assert avg.shadow and all(not n.startswith("quantizer.") for n in avg.shadow)
+    assert any(n.startswith("encoder.") for n in avg.shadow) and any(n.startswith("decoder.") for n in avg.shadow)
+    with torch.no_grad():
+        model.quantizer.stages[0].quantizer.embed.add_(1.0)
+    live = model.quantizer.stages[0].quantizer.embed.detach().clone()
+    with avg.swapped_in(model):
+        assert torch.equal(model.quantizer.stages[0].quantizer.embed, live)
+
+
+@pytest.mark.parametrize("sets, words", [
+    (["quantizer_fit_batches=4"], "quantizer_warmup_steps > 0"),
+    (["schedules.loss.spectrum=[[0, 0], [10, 1]]"], "synthesises from spectra"),
+])
+def test_schedule_settings_that_cannot_act_are_config_errors(sets: list[str], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_training_recipe(TINY, sets)  # tiny.yaml is a SEANet model: no synthesis spectra
+
+
+def test_a_checkpoint_that_does_not_fit_the_run_is_one_error_line(tmp_path: Path, capsys) -> None:
+    """Resuming with a weight average a checkpoint written without one (or one from before the
+    per-part lr groups) cannot restore the run's state: one line that says how to go on."""
+    from codec.cli import main
+
+    base = ["--set", "total_steps=2", "--set", "batch_size=2", "--set", "ckpt_every=2", "--set", "val_every=2",
+            "--set", "data.valid_utterances=2", "--set", "pesq_utterances=0"]
+    assert main(["train", str(TINY), "--out-dir", str(tmp_path / "run"), "-q", *base]) == 0
+    capsys.readouterr()
+    code = main(["train", str(TINY), "--out-dir", str(tmp_path / "run"), "-q", "--resume", *base,
+                 "--set", "weight_average=0.5", "--set", "total_steps=4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "init_from" in err[0]

@@ -1,9 +1,10 @@
 """An exponential moving average of a model's weights (the recipe's ``train.weight_average``),
 used for validation and for the exported model.
 
-Only floating-point parameters are averaged. Buffers (EMA codebooks, usage windows, restart
-counters) are the live model's: the quantizers keep them in step with the live encoder, and an
-average of counters means nothing. ``torch.optim.swa_utils.AveragedModel`` does the averaging
+Only the encoder's and the decoder's floating-point parameters are averaged. The quantizer
+stack is the live model's, parameters and buffers alike (EMA codebooks, usage windows, restart
+counters): a codebook refitted when the warm-up ends or a code restarted must not be blended
+with the codewords it replaced, and an average of counters means nothing. ``torch.optim.swa_utils.AveragedModel`` does the averaging
 too, but it keeps a deep copy of the whole module and either averages the buffers or leaves
 them stale; here the average is a dict of tensors swapped into the live module when needed.
 """
@@ -30,7 +31,9 @@ class WeightAverage:
 
     @staticmethod
     def _params(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-        return ((n, p) for n, p in module.named_parameters() if p.dtype.is_floating_point)
+        """The averaged parameters: floating point, outside the quantizer stack."""
+        return ((n, p) for n, p in module.named_parameters()
+                if p.dtype.is_floating_point and not n.startswith("quantizer."))
 
     @torch.no_grad()
     def update(self, module: nn.Module, step: int) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from codec.recipe import ConfigError
+
 _COMPLETE = re.compile(r"^step_(\d{8})$")
 STATE_FILE = "trainer_state.json"
 
@@ -84,6 +86,14 @@ def save_checkpoint(accelerator: Accelerator, out_dir: str | Path, step: int, ke
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
-    """Restore model, optimizer, registered objects and RNG; returns trainer_state.json."""
-    accelerator.load_state(str(path))
+    """Restore model, optimizer, registered objects and RNG; returns trainer_state.json.
+    ConfigError when the checkpoint's optimizer or registered objects do not match this run's
+    (a checkpoint from before the per-part lr groups, or a run with a weight average where the
+    checkpoint has none): such a run continues from its weights with ``train.init_from``."""
+    try:
+        accelerator.load_state(str(path))
+    except (RuntimeError, ValueError, KeyError, IndexError, FileNotFoundError) as exc:
+        reason = str(exc).splitlines()[0].rstrip(":")
+        raise ConfigError(f"{path} does not fit this run's optimizer or training state ({reason}); start a new "
+                          f"run from its weights with --set init_from=<its exported model>") from None
     return json.loads((path / STATE_FILE).read_text())

@@ -14,7 +14,9 @@ import yaml
 from codec.config import ModelConfig
 from codec.recipe import ConfigError, build_dataclass, deep_merge, load_recipe
 from codec.train.losses import SPECTRA_TERMS, LossConfig
-from codec.train.schedule import parse_schedules
+from codec.train.schedule import Schedule, parse_schedules
+
+_OFF = Schedule.constant(0.0)
 
 REPO = Path(__file__).resolve().parents[2]
 #: Where the shared LibriSpeech copy lives when neither the recipe nor the environment says.
@@ -107,6 +109,9 @@ class TrainConfig:
         if not isinstance(self.schedules, dict):
             raise ConfigError(f"train.schedules must map targets to [[step, value], ...], got {self.schedules!r}")
         parse_schedules(self.schedules)
+        if self.quantizer_fit_batches > 0 and self.quantizer_warmup_steps <= 0:
+            raise ConfigError("train.quantizer_fit_batches fits the stack when the quantizer warm-up ends: "
+                              "it needs train.quantizer_warmup_steps > 0")
         try:
             self.loss.validate()
         except (TypeError, ValueError) as exc:
@@ -177,7 +182,8 @@ def load_training_recipe(path: str | Path, overrides: list[str] | None = None) -
         train_cfg.validate()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"recipe {path}: {exc}") from None
-    on = [n for n in SPECTRA_TERMS if getattr(train_cfg.loss, n)]
+    scheduled = parse_schedules(train_cfg.schedules)
+    on = [n for n in SPECTRA_TERMS if getattr(train_cfg.loss, n) or scheduled.get(f"loss.{n}", _OFF).bounds()[1] > 0]
     if on and model_cfg.architecture != "convnext":
         raise ConfigError(f"recipe {path}: train.loss.{on[0]} needs a decoder that synthesises from spectra "
                           f"(architecture convnext), not {model_cfg.architecture}")

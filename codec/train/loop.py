@@ -252,8 +252,9 @@ def fit_quantizer(run: Run) -> None:
         used = ", ".join(str(r.used_after) for r in report)
         print(f"codec: quantizer fitted on {sum(len(r) for r in rows)} latents; codes used per stage: {used}",
               file=sys.stderr)
-    for t in [*codec.quantizer.parameters(), *codec.quantizer.buffers()]:
-        broadcast_from_rank0(t.data)
+    with torch.no_grad():  # the tensors themselves, so their version counters move on every rank
+        for t in [*codec.quantizer.parameters(), *codec.quantizer.buffers()]:
+            broadcast_from_rank0(t)
 
 
 def log_train(run: Run, step: int, means: Tensor, grad_norm: float, audio_s_per_s: float, bar) -> None:
@@ -270,7 +271,7 @@ def log_train(run: Run, step: int, means: Tensor, grad_norm: float, audio_s_per_
     bar.set_postfix(loss=f"{row['loss']:.3f}", audio_s_per_s=f"{row['audio_s_per_s']:.1f}")
 
 
-def averaged(run: Run):
+def averaged(run: Run) -> contextlib.AbstractContextManager:
     """A context in which ``run.codec`` holds the averaged weights (train.weight_average), or
     its own without an average."""
     return run.average.swapped_in(run.codec) if run.average is not None else contextlib.nullcontext()
