@@ -20,7 +20,7 @@ parameters, and a cosine search has other cluster means.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +62,7 @@ def refit_codebooks(quantizer: ResidualQuantizer, latents: Tensor, stages: Itera
         if q.stored_codebook() is None:
             raise ValueError(f"stage {s} ({type(q).__name__}): only stored Euclidean codebooks "
                              "(STE, EMA, DiVeQ without cosine search) can be refitted")
-    return _lloyd_stages(quantizer, latents, wanted, iters, min_fraction, seed, fresh=False)
+    return _lloyd_stages(quantizer, latents, wanted, iters, min_fraction, seed, _trained_start)
 
 
 @torch.no_grad()
@@ -75,13 +75,24 @@ def fit_codebooks(quantizer: ResidualQuantizer, latents: Tensor, iters: int = 40
     one batch's. Stages whose codebooks are computed (SimVQ, SF-DiVeQ) or cosine-searched keep
     their own initialisation. Returns one StageRefit per stage."""
     stored = {i for i, st in enumerate(quantizer.stages, start=1) if st.quantizer.stored_codebook() is not None}
-    return _lloyd_stages(quantizer, latents, stored, iters, min_fraction, seed, fresh=True)
+    return _lloyd_stages(quantizer, latents, stored, iters, min_fraction, seed, _random_rows)
+
+
+def _trained_start(rows: Tensor, book: Tensor, gen: torch.Generator) -> Tensor:
+    """A refit starts from the trained codebook, so codes keep their meaning for the decoder."""
+    return book
+
+
+def _random_rows(rows: Tensor, book: Tensor, gen: torch.Generator) -> Tensor:
+    """A fresh fit starts from K random rows [K, d] of the stage's residuals [N, d]."""
+    return rows[torch.randint(0, rows.shape[0], (book.shape[0],), generator=gen, device=rows.device)]
 
 
 def _lloyd_stages(quantizer: ResidualQuantizer, latents: Tensor, wanted: set[int], iters: int,
-                  min_fraction: float, seed: int, fresh: bool) -> list[StageRefit]:
-    """Lloyd with splits on the ``wanted`` stages in stage order, each from its trained codebook
-    or (``fresh``) from random rows of its residuals; the later stages see the new residuals."""
+                  min_fraction: float, seed: int,
+                  start: Callable[[Tensor, Tensor, torch.Generator], Tensor]) -> list[StageRefit]:
+    """Lloyd with splits on the ``wanted`` stages in stage order, each from ``start(rows,
+    codebook, generator)``; the later stages see the new residuals."""
     gen = torch.Generator(device=latents.device).manual_seed(seed)
     r = latents.detach().float()
     report = []
@@ -92,8 +103,7 @@ def _lloyd_stages(quantizer: ResidualQuantizer, latents: Tensor, wanted: set[int
         codes = q.search(p, book)
         used0, err0 = int(codes.unique().numel()), float((p - book[codes]).pow(2).sum(1).mean())
         if i in wanted:
-            start = p[torch.randint(0, p.shape[0], (book.shape[0],), generator=gen, device=p.device)] if fresh else book
-            q.set_codebook(*lloyd_split(p, start, q.search, iters, min_fraction, generator=gen))
+            q.set_codebook(*lloyd_split(p, start(p, book, gen), q.search, iters, min_fraction, generator=gen))
             book = q.codebook().detach()
             codes = q.search(p, book)
         err1 = float((p - book[codes]).pow(2).sum(1).mean())

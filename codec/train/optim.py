@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opt
     schedules = parse_schedules(cfg.schedules)
     one = Schedule.constant(1.0)
 
-    def factor(part: str):
+    def factor(part: str) -> Callable[[int], float]:
         scale = schedules.get(f"lr.{part}", one)
         return lambda s: lr_factor(s, warmup, total, floor) * scale(s)
 
