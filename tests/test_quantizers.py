@@ -22,6 +22,7 @@ FAST_OPTIONS = {
     "simvq": {},
     "diveq": {"replace_every": 2},
     "sf_diveq": {"warmup_steps": 2, "warmup_max_vectors": 256},
+    "rotation": {"init": "kmeans"},
 }
 
 
@@ -53,7 +54,7 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 # --- registry ---------------------------------------------------------------------------------
 
 def test_registry_builds_every_kind_and_rejects_bad_input() -> None:
-    assert set(QUANTIZER_KINDS) == {"ste", "ema", "simvq", "diveq", "sf_diveq"}
+    assert set(QUANTIZER_KINDS) == {"ste", "ema", "simvq", "diveq", "sf_diveq", "rotation"}
     assert isinstance(build_quantizer("sf-diveq", DIM, K), SFDiVeQQuantizer)
     assert build_quantizer("ema", DIM, K, decay=0.5).decay == 0.5
     with pytest.raises(ValueError, match="unknown quantizer kind"):
@@ -456,3 +457,74 @@ def test_training_steps_survive_checkpoint() -> None:
     assert int(fresh.step) == 3
     sf = make_trained("sf_diveq", steps=3)
     assert int(sf.step) == 3
+
+
+# --- the rotation trick (docs/quantizers.md section 12) ---------------------------------------
+
+def test_rotation_value_is_the_codeword_and_its_jacobian_is_the_scaled_rotation() -> None:
+    """y = sg(lambda R) e: the value is the codeword (within float rounding), the Jacobian in e
+    is lambda R with lambda = ||q|| / ||e||, R orthogonal with det +1 and R e/||e|| = q/||q||;
+    the codebook gets nothing from the reconstruction, as with STE."""
+    from codec.quant.kinds.rotation import RotationQuantizer
+
+    torch.manual_seed(0)
+    q = RotationQuantizer(DIM, K).train()
+    x = 3 * torch.randn(64, DIM)
+    out = q(x)
+    c = q.codebook()[out.codes].detach()
+    assert torch.allclose(out.quantized, c, atol=1e-5 * float(c.abs().max()))
+    for i in (0, 7, 31):
+        e = x[i].clone().requires_grad_(True)
+        jac = torch.autograd.functional.jacobian(lambda v: q(v[None]).quantized[0], e)
+        lam = c[i].norm() / x[i].norm()
+        rot = jac / lam
+        torch.testing.assert_close(rot @ rot.T, torch.eye(DIM), atol=1e-5, rtol=0)
+        assert abs(float(torch.linalg.det(rot)) - 1.0) < 1e-4
+        torch.testing.assert_close(rot @ (x[i] / x[i].norm()), c[i] / c[i].norm(), atol=1e-5, rtol=0)
+    y = q(x.requires_grad_(True)).quantized
+    (y * torch.randn_like(y)).sum().backward()
+    assert q.embed.grad is None or torch.count_nonzero(q.embed.grad) == 0
+
+
+def test_rotation_gradient_keeps_its_angle_to_the_codeword_and_differs_within_a_cell() -> None:
+    """The encoder's gradient (lambda R)^T g makes with e the angle g makes with q, and its
+    norm is lambda ||g||: two inputs in one Voronoi cell get different gradients, where STE
+    gives both g."""
+    from codec.quant.directional import rotate_onto
+
+    torch.manual_seed(1)
+    q = torch.randn(1, DIM).expand(2, DIM)
+    e = (q + 0.3 * torch.randn(2, DIM)).requires_grad_(True)  # two inputs quantized to q
+    g = torch.randn(1, DIM).expand(2, DIM)
+    (rotate_onto(e, q) * g).sum().backward()
+    grad = e.grad
+    lam = q.norm(dim=1) / e.detach().norm(dim=1)
+    torch.testing.assert_close(grad.norm(dim=1), lam * g.norm(dim=1), rtol=1e-5, atol=0)
+    cos_grad = torch.nn.functional.cosine_similarity(grad, e.detach(), dim=1)
+    cos_g = torch.nn.functional.cosine_similarity(g, q, dim=1)
+    torch.testing.assert_close(cos_grad, cos_g, rtol=0, atol=1e-5)
+    assert (grad[0] - grad[1]).norm() > 1e-3 * grad.norm()
+
+
+def test_rotation_in_a_residual_stack_rotates_z_onto_the_total() -> None:
+    """A stack with rotation stages outputs the sum of its codewords, and its Jacobian in z is
+    the scaled rotation carrying z onto that total (the stack applies the trick once, to the
+    total, as it applies DiVeQ's step)."""
+    from codec.quant.config import QuantizerConfig
+    from codec.quant.residual import ResidualQuantizer
+
+    torch.manual_seed(2)
+    stack = ResidualQuantizer(DIM, QuantizerConfig(n_stages=3, codebook_size=K, dropout=0.0, kind="rotation",
+                                                    options={"rotation": {"init": "kmeans"}})).train()
+    z = torch.randn(1, DIM, 20)
+    stack(z)  # k-means initialisation on the first batch
+    out = stack(z)
+    total = sum(stage.decode(out.codes[0, i]) for i, stage in enumerate(stack.stages))  # [F, D]
+    torch.testing.assert_close(out.quantized[0].T, total, atol=1e-5, rtol=0)
+    zf = z[0, :, 0].clone().requires_grad_(True)
+    jac = torch.autograd.functional.jacobian(lambda v: stack(v[None, :, None]).quantized[0, :, 0], zf)
+    t = total[0]
+    rot = jac / (t.norm() / zf.detach().norm())
+    torch.testing.assert_close(rot @ rot.T, torch.eye(DIM), atol=1e-4, rtol=0)
+    torch.testing.assert_close(rot @ (zf.detach() / zf.detach().norm()), t / t.norm(), atol=1e-4, rtol=0)
+

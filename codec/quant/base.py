@@ -51,6 +51,9 @@ class Quantizer(nn.Module):
     #: True for kinds whose codeword should keep its Parameter gradient when the residual stack
     #: builds one global DiVeQ over the total (docs/quantizers.md section 7).
     differentiable_codeword: bool = False
+    #: True for kinds whose gradient is the rotation trick's: the residual stack (without a
+    #: DiVeQ-family stage) then outputs the total rotated onto from z (docs/quantizers.md section 12).
+    rotates: bool = False
     #: Noise std of the kind's directional steps; the stack's global DiVeQ step over the total
     #: uses the largest of its stages' (0: noise-free).
     sigma: float = 0.0

@@ -6,6 +6,8 @@ Gradient wiring follows docs/quantizers.md section 7:
 - with only STE-family stages the output is z + sg(sum c - z) (encoder Jacobian exactly I);
 - with any DiVeQ-family stage, one global DiVeQ step over the total,
   z^ = z + ||c' - z|| sg(v), where c' keeps the DiVeQ stages' Parameter gradients;
+- else, with any rotation-trick stage, the total rotated onto from z: z^ = sg(lambda R) z with
+  lambda R carrying z onto sum c (docs/quantizers.md section 12), value sum c;
 - a passthrough stage (SF-DiVeQ during its warm-up) makes the output of every row that uses
   it that row's input z (the identity), while the chain still subtracts its hard symbol, so
   the stages after it collect, update and initialise on their own remainders, not on zeros;
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from codec.quant import build_quantizer
 from codec.quant.config import QuantizerConfig, StageConfig
-from codec.quant.directional import directional_step
+from codec.quant.directional import directional_step, rotate_onto
 from codec.quant.distributed import all_reduce_sum
 from codec.quant.stats import UsageWindow, code_counts, stage_stats
 
@@ -212,7 +214,7 @@ class ResidualQuantizer(nn.Module):
         hard_sum = torch.zeros_like(x)
         diff_sum = torch.zeros_like(x)
         proj_terms = torch.zeros_like(x)
-        any_diff = False
+        any_diff = any_rotation = False
         sigma = 0.0
         # rows whose output is the input: a stage they use is a passthrough (SF-DiVeQ warm-up)
         identity = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -230,6 +232,7 @@ class ResidualQuantizer(nn.Module):
             c_lat = stage.out_proj(out.codeword) if self.training else stage.decode(out.codes, x.dtype)
             hard = c_lat.detach() * keep
             hard_sum = hard_sum + hard
+            any_rotation |= bool(stage.quantizer.rotates) and bool(active.any())
             if self.training and stage.quantizer.differentiable_codeword:
                 any_diff = True
                 sigma = max(sigma, float(stage.quantizer.sigma))
@@ -249,6 +252,8 @@ class ResidualQuantizer(nn.Module):
             quantized = hard_sum
         elif any_diff:
             quantized = x + directional_step(x, diff_sum, sigma) + proj_terms
+        elif any_rotation:
+            quantized = rotate_onto(x, hard_sum) + proj_terms
         else:
             quantized = x + (hard_sum - x).detach() + proj_terms
         if self.training and bool(identity.any()):
