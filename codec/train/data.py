@@ -297,13 +297,10 @@ class DeviceCrops(CropBatches):
     files, up to float rounding of the sines), no file reads, and only the batch's indices and
     start fractions copied to the device per step. Holds the whole training set in memory (train-clean-100's 100 hours: 23 GB)."""
 
-    def __init__(self, utterances: list[Utterance], rate: int, crop_seconds: float, batch_size: int,
-                 seed: int, rank: int = 0, world: int = 1, gain_db: tuple[float, float] = (0.0, 0.0),
-                 tone_fraction: float | Schedule = 0.0, tone_grid_hz: float = 0.0, grad_accum: int = 1,
-                 device: str | torch.device = "cpu") -> None:
-        super().__init__(utterances, rate, crop_seconds, batch_size, seed, rank, world, gain_db, tone_fraction,
-                         tone_grid_hz, grad_accum)
-        waves = [torch.from_numpy(load_audio(u.path, rate)) for u in utterances]
+    def __init__(self, *args: object, device: str | torch.device = "cpu", **kwargs: object) -> None:
+        """CropBatches' arguments, and the ``device`` that holds the audio."""
+        super().__init__(*args, **kwargs)
+        waves = [torch.from_numpy(load_audio(u.path, self.rate)) for u in self.utterances]
         # one zero sample at the end: short utterances are padded by indexing it
         self.audio = torch.cat([*waves, torch.zeros(1)]).to(device)
         self.device = self.audio.device
