@@ -83,25 +83,8 @@ class Quantizer(nn.Module):
         argmax_k x . e^_k (``nearest_cosine``). fp64 rows take the exact paths.
         """
         if self.cosine_search:
-            return nearest_cosine(x, self._normalized(book))
+            return nearest_cosine(x, l2_normalize(book.detach()))
         return nearest(x, book)
-
-    def _normalized(self, book: Tensor) -> Tensor:
-        """``l2_normalize(book)``, kept between calls while ``book`` is the same tensor at the
-        same version (inference, streaming), so that the search's own cache of codebook
-        terms (``search._cached_norms``) hits too instead of renormalising per frame."""
-        if book.requires_grad:
-            book = book.detach()  # a new tensor object: the cache below will miss, as it should
-        try:
-            key = (id(book), book.data_ptr(), book._version, book.dtype)
-        except RuntimeError:  # inference tensors have no version counter
-            return l2_normalize(book)
-        cached = self.__dict__.get("_normalized_book")
-        if cached is not None and cached[0] == key and cached[1] is book:
-            return cached[2]
-        normed = l2_normalize(book)
-        self.__dict__["_normalized_book"] = (key, book, normed)
-        return normed
 
     @torch.no_grad()
     def encode(self, x: Tensor, book: Tensor | None = None) -> Tensor:

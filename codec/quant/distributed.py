@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch.distributed as dist
 from torch import Tensor
-from torch.autograd.graph import increment_version
 
 
 def is_distributed() -> bool:
@@ -16,24 +15,16 @@ def is_distributed() -> bool:
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum ``t`` over all ranks in place and return it (unchanged in one process).
-
-    Collectives write the storage behind autograd's back, so the tensor's version counter is
-    bumped by hand: caches keyed on it (codebook norms, the residual stack's tables) see the
-    change like any other in-place update. Pass the Parameter or buffer itself, not ``.data``
-    (a ``.data`` view has a version counter of its own)."""
+    """Sum ``t`` over all ranks in place and return it (unchanged in one process)."""
     if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        increment_version(t)
     return t
 
 
 def broadcast_from_rank0(t: Tensor) -> Tensor:
-    """Overwrite ``t`` in place with rank 0's value and return it (unchanged in one process);
-    bumps the version counter like ``all_reduce_sum``."""
+    """Overwrite ``t`` in place with rank 0's value and return it (unchanged in one process)."""
     if is_distributed():
         dist.broadcast(t, src=0)
-        increment_version(t)
     return t
 
 

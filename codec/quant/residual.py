@@ -28,6 +28,7 @@ from codec.quant.config import QuantizerConfig, StageConfig
 from codec.quant.directional import directional_step, rotate_onto
 from codec.quant.distributed import all_reduce_sum
 from codec.quant.stats import UsageWindow, code_counts, stage_stats
+from codec.quant.tables import StackTables
 
 
 @dataclass
@@ -43,10 +44,6 @@ class RVQOutput:
     stage_losses: Tensor
     counts: list[Tensor]
     n_q: Tensor
-
-
-#: Decodes of at most this many frames (a streamed chunk) gather from stacked tables.
-_GATHER_ROWS = 4
 
 
 class ResidualStage(nn.Module):
@@ -67,11 +64,6 @@ class ResidualStage(nn.Module):
     def codebook_size(self) -> int:
         return self.quantizer.codebook_size
 
-    def encode(self, r: Tensor) -> Tensor:
-        """Residual [N, D] (fp32, or fp64 for the exact encode path) -> codes [N]."""
-        book, _ = self.tables()
-        return self.quantizer.encode(_apply(self.in_proj, r.detach()), book)
-
     def decode(self, codes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """Codes [N] -> latent-space codeword [N, D] in ``dtype``: a row of the table of every
         codeword already projected back to the latent space (``tables``)."""
@@ -79,26 +71,11 @@ class ResidualStage(nn.Module):
         return table[codes].to(dtype)
 
     def tables(self) -> tuple[Tensor, Tensor]:
-        """(codebook [K, d], out_proj(codebook) [K, D]), detached float32, computed once per
-        state of this stage: the key holds the storage and version counter of every parameter
-        and buffer (optimizer steps, EMA updates, restarts, ``load_state_dict`` all bump one),
-        so inference, and a stream of one-frame chunks above all, neither rebuilds a codebook
-        (SimVQ, SF-DiVeQ) nor re-projects it per call."""
-        tensors = self.__dict__.get("_state_tensors")
-        if tensors is None:  # the objects stay (load_state_dict and .to() swap their data in place)
-            tensors = [*self.quantizer.parameters(), *self.quantizer.buffers(), *self.out_proj.parameters()]
-            self.__dict__["_state_tensors"] = tensors
-        try:
-            key = tuple((t.data_ptr(), t._version) for t in tensors)
-        except RuntimeError:  # inference tensors have no version counter: no caching
-            key = None
-        cached = self.__dict__.get("_table_cache")
-        if key is not None and cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+        """(codebook [K, d], out_proj(codebook) [K, D]), detached float32, from the current
+        weights (computed per call: a streamer's ``StackTables`` keeps them for a stream)."""
         with torch.no_grad():
             book = self.quantizer.codebook().detach().float()
             table = _apply(self.out_proj, book).contiguous() if self.projected else book
-        self.__dict__["_table_cache"] = (key, book, table)
         return book, table
 
 
@@ -148,46 +125,15 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:
-        """Latents float [B, D, F] -> codes int64 [B, n_q, F] (all stages when n_q is None)."""
-        n = self.check_n_q(n_q)
-        b, _, f = z.shape
-        r = self._rows(z)
-        codes = []
-        for stage in self.stages[:n]:
-            idx = stage.encode(r)
-            r = r - stage.decode(idx, r.dtype)
-            codes.append(idx)
-        return torch.stack(codes, dim=1).reshape(b, f, n).transpose(1, 2)
+        """Latents float [B, D, F] -> codes int64 [B, n_q, F] (all stages when n_q is None);
+        float64 latents take the exact chain (float64 residuals and search)."""
+        return StackTables(self, z.dtype).encode(z, self.check_n_q(n_q))
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
         """Codes int64 [B, n, F] (n <= num_stages) -> latents float [B, D, F], sum of lookups."""
-        b, n, f = codes.shape
-        self.check_n_q(n)
-        rows = codes.transpose(1, 2).reshape(b * f, n)
-        if b * f <= _GATHER_ROWS:
-            # A streamed frame: one gather from the stacked tables instead of n lookups and adds.
-            tables = self._stacked_tables()
-            total = tables[self._stage_index[:, :n], rows].sum(dim=1)  # [b f, n, D] -> [b f, D]
-            return self._unrows(total, b, f)
-        total = torch.zeros(b * f, self.latent_dim, device=codes.device)
-        for i, stage in enumerate(self.stages[:n]):
-            total = total + stage.decode(rows[:, i])
-        return self._unrows(total, b, f)
-
-    def _stacked_tables(self) -> Tensor:
-        """Every stage's latent-space table stacked to [N, K_max, D] float32 (rows past a
-        stage's K are zero and never indexed), rebuilt when any stage's table changes."""
-        tables = [stage.tables()[1] for stage in self.stages]
-        cached = self.__dict__.get("_stack_cache")
-        if cached is not None and all(a is t for a, t in zip(cached[0], tables)):
-            return cached[1]
-        stacked = torch.zeros(len(tables), max(t.shape[0] for t in tables), self.latent_dim, device=tables[0].device)
-        for i, t in enumerate(tables):
-            stacked[i, : t.shape[0]] = t
-        self.__dict__["_stack_cache"] = (tables, stacked)
-        self.__dict__["_stage_index"] = torch.arange(len(tables), device=stacked.device)[None, :]
-        return stacked
+        self.check_n_q(codes.shape[1])
+        return StackTables(self).decode(codes)
 
     def forward(self, z: Tensor, n_q: int | None = None, frame_mask: Tensor | None = None) -> RVQOutput:
         """Quantize latents float [B, D, F].

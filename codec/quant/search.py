@@ -1,8 +1,6 @@
 """Nearest-neighbour search over a codebook, one matmul per call."""
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import Tensor
 
@@ -25,37 +23,6 @@ def codebook_norms(codebook: Tensor, dtype: torch.dtype = torch.float64) -> tupl
     return es.t().contiguous(), e2, e2.max()
 
 
-#: Codebook terms per live codebook tensor and dtype: (id, dtype) -> (weakref, key, norms).
-_NORMS: dict[tuple[int, torch.dtype], tuple] = {}
-
-
-def _cached_norms(codebook: Tensor, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
-    """``codebook_norms(codebook, dtype)``, computed once per codebook tensor and version.
-
-    A quantizer whose ``codebook()`` returns its Parameter or buffer (STE, EMA, DiVeQ) hits
-    the cache on every call; the entry is keyed on the very tensor object (a weak reference,
-    so a freed tensor whose memory is reused never matches), its storage pointer and its
-    version counter (optimizer steps, EMA updates, ``load_state_dict`` and in-place edits
-    bump it), so a stale entry is never used. Codebooks built per call (SimVQ's C W^T + b,
-    SF-DiVeQ's midpoints) are new tensors each time and are computed as before.
-    """
-    try:
-        key = (codebook.data_ptr(), codebook._version)
-    except RuntimeError:  # inference tensors have no version counter: no caching
-        return codebook_norms(codebook, dtype)
-    if codebook.requires_grad and torch.is_grad_enabled():
-        return codebook_norms(codebook, dtype)  # a training step: the codebook changes anyway
-    entry = _NORMS.get((id(codebook), dtype))
-    if entry is not None and entry[0]() is codebook and entry[1] == key:
-        return entry[2]
-    norms = codebook_norms(codebook, dtype)
-    if len(_NORMS) > 256:
-        for k in [k for k, e in _NORMS.items() if e[0]() is None]:
-            del _NORMS[k]
-    _NORMS[(id(codebook), dtype)] = (weakref.ref(codebook), key, norms)
-    return norms
-
-
 def nearest(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Index of the closest codeword for every row.
 
@@ -69,8 +36,10 @@ def nearest(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | 
     independent of it, duplicated codewords included, unless a candidate sits within ~1e-16
     of a snap boundary.
 
-    ``norms``: ``codebook_norms(codebook, x.dtype)``; by default they are cached
-    per codebook tensor and version (``_cached_norms``). The result is bit-identical. One matmul per call; the distance terms are
+    ``norms``: ``codebook_norms(codebook, x.dtype)`` computed beforehand (a streamer's snapshot
+    prepares them once); by default they are computed here, once per call (K d operations,
+    small beside the N K d of the distance matmul). The result is bit-identical. One matmul
+    per call; the distance terms are
     combined in place, with the same roundings as ``x2 + e2 - 2 * (x @ e^T)`` (the factor
     2 is exact, so the fused multiply-add of ``sub_(alpha=2)`` rounds once, like the
     original subtraction).
@@ -82,7 +51,7 @@ def nearest(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | 
         return _nearest32(x, codebook, norms)  # no autocast context: a streamed frame's 12 searches
     # fp64: autocast never casts float64 operands, so no autocast guard is needed here.
     xs = x.detach()
-    est, e2, e2max = _cached_norms(codebook) if norms is None else norms
+    est, e2, e2max = codebook_norms(codebook) if norms is None else norms
     x2 = (xs * xs).sum(dim=1, keepdim=True)
     dist = torch.add(x2, e2).sub_(xs @ est, alpha=2.0)
     scale = (x2 + e2max).clamp_min_(1e-300).mul_(_SNAP)
@@ -92,7 +61,7 @@ def nearest(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | 
 def _nearest32(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
     """``nearest``'s float32 path (autocast already off)."""
     xs = x.detach() if x.dtype == torch.float32 else x.detach().float()
-    est, e2, _ = _cached_norms(codebook, torch.float32) if norms is None else norms
+    est, e2, _ = codebook_norms(codebook, torch.float32) if norms is None else norms
     dist = torch.addmm(e2, xs, est, alpha=-2.0).add_((xs * xs).sum(dim=1, keepdim=True))
     best = dist.amin(dim=1, keepdim=True)
     # The first index within _TIE32 of the best: near-duplicate codewords (restarts make
@@ -105,26 +74,27 @@ def _nearest32(x: Tensor, codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor]
     return ties.view(torch.uint8).argmax(dim=1)
 
 
-def nearest_cosine(x: Tensor, unit_codebook: Tensor) -> Tensor:
+def nearest_cosine(x: Tensor, unit_codebook: Tensor, norms: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Index of the codeword of largest cosine for every row: x float [N, d], unit_codebook
     float [K, d] with unit-norm rows -> int64 [N], argmax_k x . e_k (the cosine up to the
     positive factor ||x||, so x needs no normalising; a zero row gets index 0).
 
     fp32: scores within a relative 2^-21 of the best tie, lowest index wins (as ``nearest``).
     fp64 (exact path): scores snapped to 2^-32 of ||x||, the largest a score can be, so
-    streamed and offline rows pick the same code. One matmul per call, against the cached
-    transposed codebook.
+    streamed and offline rows pick the same code. One matmul per call, against the transposed
+    codebook (``norms``: ``codebook_norms(unit_codebook, x.dtype)`` computed beforehand, or
+    computed here).
     """
     if x.dtype != torch.float64:
         if torch.is_autocast_enabled(x.device.type):
             with torch.autocast(device_type=x.device.type, enabled=False):
-                return nearest_cosine(x.float(), unit_codebook)
+                return nearest_cosine(x.float(), unit_codebook, norms)
         xs = x.detach().float()
-        est, _, _ = _cached_norms(unit_codebook, torch.float32)
+        est, _, _ = codebook_norms(unit_codebook, torch.float32) if norms is None else norms
         scores = xs @ est
         best = scores.amax(dim=1, keepdim=True)
         return (scores >= best - _TIE32 * best.abs()).to(torch.uint8).argmax(dim=1)
     xs = x.detach()
-    est, _, _ = _cached_norms(unit_codebook)
+    est, _, _ = codebook_norms(unit_codebook) if norms is None else norms
     scale = xs.norm(dim=1, keepdim=True).clamp_min_(1e-300).mul_(_SNAP)
     return (xs @ est).div_(scale).round_().argmax(dim=1)
