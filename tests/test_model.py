@@ -57,6 +57,40 @@ def test_recipe_builds(name: str) -> None:
     assert Codec.from_config(model.config).config == model.config
 
 
+def test_the_history_recipes_resolve_to_the_shipped_models_configuration_and_the_default_recipe_keeps_its_design() -> None:
+    """egs/librispeech/history/ keeps the shipped model's lineage: its last run's recipe
+    (speech16k_v4.yaml, an `extends` chain) resolves to exactly the configuration shipped in
+    codec/pretrained/speech16k/config.json, and that model still loads from its files. The flat
+    default recipe builds the same architecture and quantizer (the fields a seanet model
+    alone reads, and the option sets of other kinds, aside)."""
+    import json
+
+    from codec import pretrained
+
+    shipped_dir = pretrained.resolve(None)
+    shipped = json.loads((shipped_dir / CONFIG_NAME).read_text())
+    history = Codec.from_config(REPO / "egs" / "librispeech" / "history" / "speech16k_v4.yaml")
+    assert history.config == shipped
+    assert Codec.from_pretrained(shipped_dir).config == shipped
+    flat = Codec.from_config(REPO / "recipes" / "speech16k.yaml").config
+    seanet_only = {"channels", "dilations", "residual_kernel_size", "norm", "activation"}
+    for key in set(shipped) - seanet_only - {"quantizer"}:
+        assert flat[key] == shipped[key], key
+    for key in ("kind", "n_stages", "codebook_size", "codebook_dim", "stats_window", "stages"):
+        assert flat["quantizer"][key] == shipped["quantizer"][key], key
+    assert flat["quantizer"]["options"]["ema"] == shipped["quantizer"]["options"]["ema"]
+
+
+@pytest.mark.parametrize("folder", ["history", "compare", "trials"])
+def test_the_recipes_kept_under_egs_build(folder: str) -> None:
+    """Trial, comparison and history recipes moved out of recipes/ still resolve and build."""
+    paths = sorted((REPO / "egs" / "librispeech" / folder).glob("*.yaml"))
+    assert len(paths) >= 6
+    for path in paths:
+        model = Codec.from_config(path)
+        assert model.frame_rate == 50 and model.num_stages == 12, path
+
+
 # --- shapes ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -53,13 +53,14 @@ def test_every_recipe_has_a_valid_train_section() -> None:
 
 
 def test_every_trial_recipe_is_valid_and_its_schedule_lies_within_its_steps() -> None:
-    """egs/librispeech/trials/*.yaml: each loads, and every schedule point, warm-up and average
+    """egs/librispeech/trials/*.yaml and the default recipe: each loads, and every schedule point, warm-up and average
     start falls within its run (a trial whose switch came after its last step would silently
     test nothing)."""
     from codec.train.schedule import parse_schedules
 
     paths = sorted((REPO / "egs" / "librispeech" / "trials").glob("*.yaml"))
     assert len(paths) >= 6
+    paths.append(REPO / "recipes" / "speech16k.yaml")  # the default recipe is such a schedule too
     for path in paths:
         _, _, cfg = load_training_recipe(path)
         steps = [s for sched in parse_schedules(cfg.schedules).values() for s in sched.steps]

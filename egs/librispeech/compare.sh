@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The quantizer comparison behind egs/librispeech/RESULTS.md ("Quantizer comparison"), on a
-# 2-core CPU: each kind's recipe (recipes/compare/<kind>.yaml: the shipped model's encoder and
+# 2-core CPU: each kind's recipe (egs/librispeech/compare/<kind>.yaml: the shipped model's encoder and
 # decoder, a fresh 12 x 1024 stack of that kind) trains for the same wall time, one kind after
 # another, then is scored on all of test-other at 1, 2, 3, 6, 9 and 12 stages (0.5-6 kbps),
 # fixed-width and range-coded (priors from 500 train-clean-100 files), next to Opus at 6, 8
@@ -25,12 +25,12 @@ stages=1,2,3,6,9,12
 log() { echo "[$(date '+%H:%M:%S')] $1" >&2; }
 
 for k in $kinds; do
-  [ -f "recipes/compare/$k.yaml" ] || { echo "compare.sh: error: no recipe recipes/compare/$k.yaml" >&2; exit 2; }
+  [ -f "egs/librispeech/compare/$k.yaml" ] || { echo "compare.sh: error: no recipe egs/librispeech/compare/$k.yaml" >&2; exit 2; }
   if [ -f "$results/$k/results.csv" ]; then log "$k: results present, skipped"; continue; fi
   if [ ! -f "$exp/$k/model/config.json" ]; then
     rm -rf "$exp/$k"
     log "$k: training for $minutes min -> $exp/$k"
-    python -m codec train "recipes/compare/$k.yaml" --out-dir "$exp/$k" --set "max_minutes=$minutes" -q
+    python -m codec train "egs/librispeech/compare/$k.yaml" --out-dir "$exp/$k" --set "max_minutes=$minutes" -q
   fi
   if [ ! -f "$exp/$k/model/priors.json" ]; then
     log "$k: priors"

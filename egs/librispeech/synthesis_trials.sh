@@ -8,10 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 minutes=${1:-40}
 shift || true
-recipes=("${@:-speech16k synthesis_fine synthesis_atan2}")
+recipes=("${@:-speech16k_v1 synthesis_fine synthesis_atan2}")   # egs/librispeech/history/
 for r in ${recipes[@]}; do
   out=exp/trial_$r
-  codec train recipes/$r.yaml --out-dir "$out" --set max_minutes="$minutes" -q
+  codec train egs/librispeech/history/$r.yaml --out-dir "$out" --set max_minutes="$minutes" -q
 done
 for r in ${recipes[@]}; do
   out=exp/trial_$r
