@@ -78,3 +78,34 @@ def stage_stats(counts: Tensor, window: UsageWindow | None = None) -> dict[str, 
         out["window_utilisation"] = float(utilisation(wc))
         out["dead_codes"] = float(window.dead_codes())
     return out
+
+
+def effective_rank(x: Tensor) -> float:
+    """Effective rank (Roy and Vetterli, 2007) of a set of vectors: exp of the entropy of the
+    normalised singular values of the centred matrix. x: [N, D] -> a number in [1, min(N, D)];
+    D for isotropic vectors, 1 when they all lie on one line, 0.0 for fewer than two vectors
+    or vectors that are all equal.
+
+    Read for each stage on the residuals it receives, it tells encoder-side collapse (the
+    latents themselves squeezed onto few directions) from index collapse (a codebook that
+    uses few codes of latents that still span the space)."""
+    x = x.detach().reshape(-1, x.shape[-1]).double()
+    if x.shape[0] < 2:
+        return 0.0
+    s = torch.linalg.svdvals(x - x.mean(dim=0))
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def norm_spread(codebook: Tensor) -> float:
+    """Spread of the codewords' lengths: their standard deviation over their mean, codebook
+    [K, D] -> a number >= 0 (0 when every code has the same norm). A codebook whose few
+    used codes grow while the rest stay where they were initialised shows it as a rising
+    spread."""
+    norms = codebook.detach().double().norm(dim=-1)
+    mean = norms.mean()
+    return float(norms.std(unbiased=False) / mean) if mean > 0 else 0.0
