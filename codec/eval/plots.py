@@ -1,8 +1,10 @@
-"""Figures (PNG, matplotlib's Agg backend): rate_quality.png and codebooks.png."""
+"""Figures (PNG, matplotlib's Agg backend): rate_quality.png and codebooks.png; training
+curves (a logged quantity against the step, one line per run) for the quantizer study."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from codec.eval.report import Point
@@ -71,6 +73,43 @@ def codebooks(path: Path, table: Sequence[dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Codebook usage per stage over the evaluation set")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's logged quantity against the training step: ``label`` names it in the legend,
+    lines of one ``group`` share a colour, ``dashed`` draws it dashed (solid otherwise)."""
+
+    label: str
+    steps: Sequence[float]
+    values: Sequence[float]
+    dashed: bool = False
+    group: str = ""
+
+
+def training_curves(path: Path, curves: Sequence[Curve], ylabel: str, title: str,
+                    ylim: tuple[float, float] | None = None) -> None:
+    """Writes a PNG to ``path``: each curve's values against the training step, one line a
+    curve, a colour a group (in first-seen order), dashed where the curve asks; ``ylim`` fixes
+    the vertical range (matplotlib's own otherwise)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    groups = list(dict.fromkeys(c.group for c in curves))
+    for c in curves:
+        ax.plot(list(c.steps), list(c.values), linestyle="--" if c.dashed else "-", label=c.label,
+                color=colours[groups.index(c.group) % len(colours)])
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
