@@ -1,12 +1,13 @@
 """Codec = causal Encoder + ResidualQuantizer + causal Decoder, with the user-facing contract:
-encode / decode (offline or streaming), bitrate accounting, and safetensors persistence."""
+offline float32 encode / decode, bitrate accounting, safetensors persistence and the training
+forward. Streaming, and the int8 and exact precisions, run on a ``streamer()``
+(``codec.runtime.streamer``): a snapshot of the weights prepared once."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from codec.config import ARCHITECTURES, ModelConfig
-from codec.nn.frame_linear import set_int8
 from codec.nn.stft import SynthesisSpectra
-from codec.nn.streaming import set_streaming
 from codec.quant.residual import ResidualQuantizer
 from codec.recipe import ConfigError, load_recipe
-from codec.runtime.stream import StreamRunner
+from codec.runtime import batch
+from codec.runtime.streamer import Streamer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -66,37 +66,6 @@ class Codec(nn.Module):
         self.cfg = cfg
         self.encoder, self.decoder = build_encoder_decoder(cfg)
         self.quantizer = ResidualQuantizer(cfg.latent_dim, cfg.quantizer)
-        self._stream_samples: int | None = None
-        self._stream_batch = 1
-        #: False (default): encode in float32, the fast path. True: encode in float64, so that
-        #: streamed codes equal offline codes bit for bit whatever the chunking (slower).
-        self.exact = False
-        self._int8 = False
-        #: True (default): a stream of batch 1 runs each chunk through the native frame engine
-        #: (``codec.runtime.native``: one C call per chunk instead of hundreds of PyTorch
-        #: operators, same results up to float summation order) when the architecture allows it
-        #: and a C compiler built it; False: always the PyTorch layers. Read when a stream starts.
-        self.native = True
-        #: Routes each streamed chunk to the native engine or the PyTorch layers (codec.runtime).
-        self.stream_runner = StreamRunner(self)
-
-    @property
-    def int8(self) -> bool:
-        """False (default): float32 weights. True: the ConvNeXt encoder's and decoder's linear
-        layers run with int8 weights (one scale per output channel) and bfloat16 activations
-        (``codec.nn.frame_linear``), offline and streaming alike (the native frame engine
-        rounds as that path does): a streamed frame reads 4x fewer weight bytes. Codes then
-        differ from the float32 encode's in some late-stage frames, and a native stream's from
-        the offline int8 encode's in ~5% of codes (bf16 rounding amplifies summation-order
-        differences; same PESQ); the exact (float64) encode path ignores it. Setting it
-        rebuilds the cached weights; set it before a stream starts."""
-        return self._int8
-
-    @int8.setter
-    def int8(self, on: bool) -> None:
-        set_int8(self.encoder, on)
-        set_int8(self.decoder, on)
-        self._int8 = bool(on)
 
     # ----- construction and persistence -------------------------------------------------
     @classmethod
@@ -207,83 +176,26 @@ class Codec(nn.Module):
 
     # ----- inference --------------------------------------------------------------------
     def _pad(self, wav: Tensor) -> Tensor:
-        if wav.dim() != 3 or wav.shape[1] != 1:
-            raise ValueError(f"expected audio of shape [B, 1, T], got {tuple(wav.shape)}")
-        extra = (-wav.shape[-1]) % self.hop_length
-        return nn.functional.pad(wav, (0, extra)) if extra else wav
-
-    @property
-    def encode_dtype(self) -> torch.dtype:
-        """The encoder's and the code search's precision: float64 when ``exact``, else float32."""
-        return torch.float64 if self.exact else torch.float32
+        """Audio float [B, 1, T] zero-padded at the end to whole frames, [B, 1, ceil(T / hop) hop]."""
+        return batch.pad_to_hop(wav, self.hop_length)
 
     @torch.no_grad()
     def encode(self, wav: Tensor, n_q: int | None = None) -> Tensor:
-        """Audio float [B, 1, T] at ``sample_rate`` -> codes int64 [B, n_q, ceil(T / hop)].
+        """Audio float [B, 1, T] at ``sample_rate`` -> codes int64 [B, n_q, ceil(T / hop)],
+        offline in float32 with the current weights.
 
-        Inside ``streaming()``, ``wav`` is the next chunk (any length) and the result holds the
-        frames it completed ([B, n_q, 0] if none); ``flush()`` returns the last partial frame.
-
-        Precision: float32 by default. Matrix products round differently for different
-        input lengths, so a streamed frame's latent can differ from the offline one by ~1e-7
-        and a near-tie in the code search can flip (the search ties candidates within 2^-21
-        of the best to the lowest index, so this is rare in a trained model; on a barely
-        trained one full of near-duplicate codewords 1-2% of codes differ, decoding within
-        1% of the latent scale). With ``model.exact = True`` the encoder and the search run in float64 with
-        ties snapped (``codec.quant.search.nearest``): streamed codes then equal offline codes
-        bit for bit, at about 1.7x the encode time.
+        Other precisions (int8 weights; "exact": float64, so that streamed codes equal offline
+        codes bit for bit) and streams run on ``streamer(precision)``: its ``encode_offline``
+        and ``encode``. Matrix products round differently for different input lengths, so in
+        float32 a streamed frame's latent can differ from the offline one by ~1e-7 and a near-tie
+        in the code search can flip (the search ties candidates within 2^-21 of the best to the
+        lowest index, so this is rare in a trained model; on a barely trained one full of
+        near-duplicate codewords 1-2% of codes differ, decoding within 1% of the latent scale).
         """
-        _check_tensor(wav, "wav", "float audio [B, 1, T]")
-        dtype = self.encode_dtype
-        if self._stream_samples is None:
-            with parametrize.cached():
-                return self.quantizer.encode(self.encoder(self._pad(wav).to(dtype)), n_q)
-        if wav.dim() != 3 or wav.shape[1] != 1:
-            raise ValueError(f"expected audio of shape [B, 1, L], got {tuple(wav.shape)}")
-        self._stream_samples += wav.shape[-1]
-        self._stream_batch = wav.shape[0]
-        hop = self.hop_length
-        frames = self._stream_samples // hop - (self._stream_samples - wav.shape[-1]) // hop
-        engine = self._stream_engine("encoder", wav.shape[0], frames)
-        if engine is not None:
-            return engine.encode(wav, self.quantizer.check_n_q(n_q))
-        z = self.encoder(wav.to(dtype))
-        if z.shape[-1] == 0:
-            return self._no_frames(wav.shape[0], n_q, wav.device)
-        return self.quantizer.encode(z, n_q)
-
-    def _no_frames(self, batch: int, n_q: int | None, device: torch.device) -> Tensor:
-        """Empty codes int64 [batch, n_q, 0]: a chunk that completed no frame."""
-        return torch.zeros(batch, self.quantizer.check_n_q(n_q), 0, dtype=torch.long, device=device)
-
-    @torch.no_grad()
-    def flush(self, n_q: int | None = None) -> Tensor:
-        """In streaming mode: zero-pad the pending samples to a whole frame and return its
-        codes, int64 [B, n_q, 1], or [B, n_q, 0] when nothing is pending."""
-        if self._stream_samples is None:
-            raise RuntimeError("flush() is only meaningful inside model.streaming()")
-        pending = (-self._stream_samples) % self.hop_length
-        device = next(self.parameters()).device
-        if pending == 0:
-            return self._no_frames(self._stream_batch, n_q, device)
-        return self.encode(torch.zeros(self._stream_batch, 1, pending, device=device), n_q)
-
-    @torch.no_grad()
-    def flush_decoder(self) -> Tensor:
-        """In streaming mode: end the decode stream. Returns the decoded samples still held back
-        when the synthesis has a look-ahead (``latency``), float [B, 1, lookahead] ([B, 1, 0]
-        without one): concatenated after the stream's audio, it equals the offline decode. A
-        ``decode`` after it starts a new decode stream (every decoder layer afresh)."""
-        if self._stream_samples is None:
-            raise RuntimeError("flush_decoder() is only meaningful inside model.streaming()")
-        istft = getattr(self.decoder, "istft", None)
-        self.stream_runner.to_layers("decoder")  # the held-back partial sums may sit in the engine
-        tail = istft.flush() if istft is not None else None
-        if tail is None:
-            tail = torch.zeros(self._stream_batch, 1, 0, device=next(self.parameters()).device)
-        set_streaming(self.decoder, True)
-        self.stream_runner.restart("decoder")
-        return tail
+        batch.check_tensor(wav, "wav", "float audio [B, 1, T]")
+        with parametrize.cached():
+            z = self.encoder(self._pad(wav).to(torch.float32))
+            return self.quantizer.encode(z, n_q)
 
     @property
     def latency(self) -> int:
@@ -294,25 +206,22 @@ class Codec(nn.Module):
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
-        """Codes int64 [B, n, F] (n <= num_stages) -> audio float [B, 1, F * hop].
-
-        Inside ``streaming()`` frames may come in any grouping, one at a time included; a
-        synthesis with a look-ahead returns only the samples that are final (``latency``), the
-        rest at ``flush_decoder()``.
-        """
-        _check_tensor(codes, "codes", "int64 codes [B, n, F]")
+        """Codes int64 [B, n, F] (n <= num_stages) -> audio float [B, 1, F * hop], offline with
+        the current weights (streams: ``streamer()``)."""
+        batch.check_tensor(codes, "codes", "int64 codes [B, n, F]")
         if codes.dim() != 3:
             raise ValueError(f"expected codes of shape [B, n, F], got {tuple(codes.shape)}")
         if codes.shape[-1] == 0:
             return torch.zeros(codes.shape[0], 1, 0, device=codes.device)
-        if self._stream_samples is not None:
-            self._stream_batch = codes.shape[0]
-            engine = self._stream_engine("decoder", codes.shape[0], codes.shape[-1])
-            if engine is not None:
-                self.quantizer.check_n_q(codes.shape[1])
-                return engine.decode(codes)
         with parametrize.cached():
             return self.decoder(self.quantizer.decode(codes))
+
+    def streamer(self, precision: str = "fp32", backend: str = "native") -> Streamer:
+        """A ``codec.runtime.streamer.Streamer``: the current weights copied and prepared once
+        in ``precision`` ("fp32", "int8" or "exact"), one encode and one decode stream of them
+        on ``backend`` ("native": the C frame engine where it applies; "torch"), and the
+        offline path in that precision. A snapshot: make a new one after changing weights."""
+        return Streamer(self, precision, backend)
 
     # ----- several signals at once ------------------------------------------------------
     @torch.no_grad()
@@ -323,17 +232,14 @@ class Codec(nn.Module):
         The signals are zero-padded at the end to the longest and encoded together; the
         encoder is causal, so each item's frames depend only on its own samples (its last
         partial frame zero-padded, as ``encode`` pads it) and the padded frames are cut off.
-        The codes equal ``encode(wav[None, None])[0]`` item by item: bit for bit with
-        ``exact`` (float64); in float32 a matrix product can round differently at another batch
-        size or length, so a near-tie in the code search may rarely flip. One batch: memory
-        grows with the number of items times the longest, so group items of similar length
-        and split long lists (``codec encode`` with several inputs does).
+        The codes equal ``encode(wav[None, None])[0]`` item by item, except that in float32 a
+        matrix product can round differently at another batch size or length, so a near-tie in
+        the code search may rarely flip (bit for bit in the "exact" precision:
+        ``streamer("exact").encode_batch``). One batch: memory grows with the number of items
+        times the longest, so group items of similar length and split long lists (``codec
+        encode`` with several inputs does).
         """
-        self._check_items(wavs, "each wav", "float audio [T]", 1)
-        if not wavs:
-            return []
-        codes = self.encode(self._pad_end(wavs)[:, None], n_q)  # audio [B, 1, max T] in
-        return [codes[i, :, : -(-wav.shape[0] // self.hop_length)] for i, wav in enumerate(wavs)]
+        return batch.encode_batch(self.encode, self.hop_length, wavs, n_q)
 
     @torch.no_grad()
     def decode_batch(self, codes: Sequence[Tensor], lengths: Sequence[int] | None = None) -> list[Tensor]:
@@ -346,7 +252,7 @@ class Codec(nn.Module):
         frames' spectra are zeroed, so each item equals ``decode(codes[None])[0, 0]`` up to the
         rounding of matrix products at another batch size (about 1e-7 apart, or equal).
         """
-        self._check_items(codes, "each item of codes", "int64 codes [n, F]", 2)
+        batch.check_items(codes, "each item of codes", "int64 codes [n, F]", 2)
         if not codes:
             return []
         if len({c.shape[0] for c in codes}) > 1:
@@ -356,30 +262,9 @@ class Codec(nn.Module):
                                     any(not 0 < n <= f * self.hop_length for n, f in zip(lengths, frames))):
             raise ValueError("lengths must give each item's sample count, 1 .. its frames x hop_length")
         with parametrize.cached():
-            audio = self._decode_padded(self.quantizer.decode(self._pad_end(codes)), frames)  # [B, 1, max F hop]
+            audio = self._decode_padded(self.quantizer.decode(batch.pad_end(codes)), frames)  # [B, 1, max F hop]
         ends = lengths if lengths is not None else [f * self.hop_length for f in frames]
         return [audio[i, 0, :end] for i, end in enumerate(ends)]
-
-    def _check_items(self, items: Sequence[Tensor], name: str, what: str, dim: int) -> None:
-        """Refuse the items of a batch call: inside ``streaming()`` (RuntimeError: the batch
-        calls run offline), not a Tensor (TypeError), not of ``dim`` dimensions with the last
-        at least 1 (ValueError). ``name`` and ``what`` (e.g. "float audio [T]") name the items
-        in the messages."""
-        if self._stream_samples is not None:
-            raise RuntimeError("encode_batch() / decode_batch() run offline; they cannot be used inside"
-                               " model.streaming()")
-        for x in items:
-            _check_tensor(x, name, what)
-            if x.dim() != dim or x.shape[-1] == 0:
-                raise ValueError(f"expected {name} to be {what}, its last dimension at least 1; got shape"
-                                 f" {tuple(x.shape)}")
-
-    @staticmethod
-    def _pad_end(items: Sequence[Tensor]) -> Tensor:
-        """Tensors [..., L_i] (one shape but the last dimension) zero-padded at the end into one
-        [B, ..., max L_i]."""
-        padded = nn.utils.rnn.pad_sequence([x.movedim(-1, 0) for x in items], batch_first=True)  # [B, L, ...]
-        return padded.movedim(1, -1).contiguous()
 
     def _decode_padded(self, latents: Tensor, frames: list[int]) -> Tensor:
         """The decoder on latents [B, D, F] whose item i holds ``frames[i]`` real frames: audio
@@ -392,32 +277,6 @@ class Codec(nn.Module):
         for i, f in enumerate(frames):
             spectra[i, f * per_frame :] = 0
         return istft(None, spectra)
-
-    def _stream_engine(self, part: str, batch: int, frames: int):
-        """The native engine for this chunk of the stream's ``part``, or None for the PyTorch
-        layers (``StreamRunner.route``)."""
-        return self.stream_runner.route(part, batch, frames, native_on=self.native, exact=self.exact,
-                                        int8=self.int8)
-
-    @contextlib.contextmanager
-    def streaming(self) -> Iterator[Codec]:
-        """Within the block, encode / decode take consecutive chunks of one stream; the
-        result concatenated equals the offline result (codes exactly, audio within float
-        rounding). Each layer keeps only the left context it needs."""
-        set_streaming(self.encoder, True)
-        set_streaming(self.decoder, True)
-        self._stream_samples = 0
-        self._stream_batch = 1
-        self.stream_runner.start()
-        try:
-            # Weight-norm weights are computed once for the whole stream, not once per chunk.
-            with parametrize.cached():
-                yield self
-        finally:
-            set_streaming(self.encoder, False)
-            set_streaming(self.decoder, False)
-            self._stream_samples = None
-            self.stream_runner.stop()
 
     # ----- training ---------------------------------------------------------------------
     def _synthesise(self, latents: Tensor, padded: Tensor, spectra: bool) -> tuple[Tensor, SynthesisSpectra | None]:
@@ -466,12 +325,3 @@ class Codec(nn.Module):
             n_q=q.n_q,
             spectra=spec,
         )
-
-
-def _check_tensor(x: object, name: str, what: str) -> None:
-    """TypeError naming the expected input unless ``x`` is a torch.Tensor (a NumPy array
-    included: convert it with torch.from_numpy)."""
-    if not isinstance(x, Tensor):
-        hint = "; convert it with torch.from_numpy(...)" if type(x).__module__.startswith("numpy") else ""
-        raise TypeError(f"{name} must be a torch.Tensor of {what}, got {type(x).__name__}{hint}")
-

@@ -54,14 +54,14 @@ def env(tmp_path_factory) -> dict:
     torch.manual_seed(1)
     Codec.from_config(REPO / "recipes" / "tiny.yaml").save_pretrained(root / "other_model")
     model = Codec.from_pretrained(root / "model")
-    model.exact = True  # the CLI runs below pass --exact: file codes == offline codes
+    exact = model.streamer("exact")  # the CLI runs below pass --exact: file codes == offline codes
 
     def reference(n_q: int) -> np.ndarray:
         x = torch.from_numpy(audio)[None, None]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as the executable runs (see run)
         try:
-            return model.decode(model.encode(x, n_q=n_q))[0, 0, : len(audio)].numpy()
+            return model.decode(exact.encode_offline(x, n_q=n_q))[0, 0, : len(audio)].numpy()
         finally:
             torch.set_num_threads(threads)
 

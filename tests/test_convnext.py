@@ -23,7 +23,7 @@ def tiny_convnext(kind: str = "ste", seed: int = 0, **model: object) -> Codec:
     return Codec.from_config(recipe)
 
 
-#: The default model's synthesis (recipes/synthesis_atan2.yaml) at test size.
+#: The default model's synthesis (egs/librispeech/history/synthesis_atan2.yaml) at test size.
 CHOSEN = {"subframes": 4, "stft_window": 320, "head": "logmag_atan2", "synthesis_delay": True}
 
 
@@ -66,18 +66,18 @@ def test_streaming_matches_offline(kind: str, chunk: int, grid: dict) -> None:
     engine, one frame per call, then flush_decoder) gives the offline audio."""
     wav = speech({1: 0.206, 7: 0.5}.get(chunk, 2.0))
     model = warmed(kind, **grid)
-    model.exact = True
-    codes = model.encode(wav)
-    with model.streaming():
-        parts = [model.encode(wav[..., i : i + chunk]) for i in range(0, wav.shape[-1], chunk)]
-        parts.append(model.flush())
+    exact = model.streamer("exact")
+    codes = exact.encode_offline(wav)
+    with exact:
+        parts = [exact.encode(wav[..., i : i + chunk]) for i in range(0, wav.shape[-1], chunk)]
+        parts.append(exact.flush())
     assert torch.equal(torch.cat(parts, -1), codes)
     assert codes.unique().numel() > 4
     offline = model.decode(codes)
-    with model.streaming():
-        frames = [model.decode(codes[..., t : t + 1]) for t in range(codes.shape[-1])]
-        native_ran = model.stream_runner.engine("decoder") is not None
-        frames = torch.cat(frames + [model.flush_decoder()], -1)
+    with exact:
+        frames = [exact.decode(codes[..., t : t + 1]) for t in range(codes.shape[-1])]
+        native_ran = exact.runner.engine("decoder") is not None
+        frames = torch.cat(frames + [exact.flush_decoder()], -1)
     assert native_ran == (native.load() is not None)
     assert frames.shape == offline.shape == (1, 1, codes.shape[-1] * HOP)
     assert (frames - offline).abs().max().item() <= 1e-5
@@ -89,9 +89,9 @@ def test_fast_streaming_agrees_with_offline(grid: dict) -> None:
     wav = speech(4.0)
     model = warmed("ste", **grid)
     codes = model.encode(wav)
-    with model.streaming():
-        streamed = torch.cat([model.encode(wav[..., i : i + HOP]) for i in range(0, wav.shape[-1], HOP)]
-                             + [model.flush()], -1)
+    with model.streamer() as streamer:
+        streamed = torch.cat([streamer.encode(wav[..., i : i + HOP]) for i in range(0, wav.shape[-1], HOP)]
+                             + [streamer.flush()], -1)
     assert (streamed == codes).float().mean().item() >= 0.95
 
 
@@ -111,8 +111,8 @@ def test_encoder_and_decoder_are_causal() -> None:
     assert not torch.equal(ya[..., (t + 1) * HOP :], yb[..., (t + 1) * HOP :])
 
 
-def test_exact_mode_is_close_to_fast() -> None:
-    """The float64 encoder (exact mode) and the float32 one compute the same latents."""
+def test_exact_precision_is_close_to_fast() -> None:
+    """The float64 encoder (the exact precision) and the float32 one compute the same latents."""
     model = warmed("ste")
     wav = speech(2.0)
     with torch.no_grad():
@@ -245,18 +245,18 @@ def test_fine_grid_streams_like_offline(groups: list[int], grid: dict) -> None:
     with torch.no_grad():
         model(speech(2.0))
     model.eval()
-    model.exact = True
+    exact = model.streamer("exact")
     wav = speech(2.0, index=3)
-    codes = model.encode(wav)
-    with model.streaming():
-        parts = [model.encode(wav[..., i : i + 999]) for i in range(0, wav.shape[-1], 999)] + [model.flush()]
+    codes = exact.encode_offline(wav)
+    with exact:
+        parts = [exact.encode(wav[..., i : i + 999]) for i in range(0, wav.shape[-1], 999)] + [exact.flush()]
     assert torch.equal(torch.cat(parts, -1), codes)
     offline = model.decode(codes)
-    with model.streaming():
-        out = [model.decode(codes[..., s]) for s in cycled_slices(codes.shape[-1], groups)]
-        out.append(model.flush_decoder())
-        again = torch.cat([model.decode(codes[..., t : t + 1]) for t in range(codes.shape[-1])]
-                          + [model.flush_decoder()], -1)
+    with exact:
+        out = [exact.decode(codes[..., s]) for s in cycled_slices(codes.shape[-1], groups)]
+        out.append(exact.flush_decoder())
+        again = torch.cat([exact.decode(codes[..., t : t + 1]) for t in range(codes.shape[-1])]
+                          + [exact.flush_decoder()], -1)
     streamed = torch.cat(out, -1)
     assert streamed.shape == offline.shape == again.shape
     assert (streamed - offline).abs().max().item() <= 1e-5
@@ -270,10 +270,9 @@ def test_a_stream_shorter_than_the_delay_flushes_only_its_own_samples(tokens: in
     model = tiny_convnext("ema", **COARSE_DELAY).eval()
     codes = model.encode(speech(1.0))[..., :tokens]
     offline = model.decode(codes)
-    for native_on in (False, True):
-        model.native = native_on
-        with model.streaming():
-            streamed = torch.cat([model.decode(codes), model.flush_decoder()], -1)
+    for backend in ("torch", "native"):
+        with model.streamer(backend=backend) as streamer:
+            streamed = torch.cat([streamer.decode(codes), streamer.flush_decoder()], -1)
         assert streamed.shape == offline.shape == (1, 1, tokens * HOP)
         assert (streamed - offline).abs().max().item() <= 1e-5
 
@@ -312,13 +311,13 @@ def test_latency_is_exact_and_measured_with_an_impulse(fine: bool) -> None:
 
     def stream(wav: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         out, when = [], []
-        with model.streaming():
+        with model.streamer() as streamer:
             for m in range(80, wav.shape[-1] + 1, 80):
-                audio = model.decode(model.encode(wav[..., m - 80 : m]))
+                audio = streamer.decode(streamer.encode(wav[..., m - 80 : m]))
                 out.append(audio)
                 when += [m] * audio.shape[-1]
-            tail = model.decode(model.flush())
-            tail = torch.cat([tail, model.flush_decoder()], -1)
+            tail = streamer.decode(streamer.flush())
+            tail = torch.cat([tail, streamer.flush_decoder()], -1)
             out.append(tail)
             when += [wav.shape[-1] + HOP] * tail.shape[-1]
         return torch.cat(out, -1), when
@@ -348,10 +347,11 @@ def test_fine_grid_file_decode_in_blocks_equals_the_whole() -> None:
     model = tiny_convnext("ema", **FINE).eval()
     wav = speech(2.0, index=2)[0, 0].numpy()
     buf = io.BytesIO()
-    encode_stream(model, [wav[:12345], wav[12345:]], buf, make_header(model, 4))
+    streamer = model.streamer()
+    encode_stream(streamer, [wav[:12345], wav[12345:]], buf, make_header(model, 4))
     parsed = parse(buf.getvalue())
-    whole = decode_audio(model, parsed)
-    blocks = np.concatenate(list(decode_blocks(model, parsed, block_frames=7)))
+    whole = decode_audio(streamer, parsed)
+    blocks = np.concatenate(list(decode_blocks(streamer, parsed, block_frames=7)))
     assert blocks.shape == whole.shape == wav.shape
     assert np.abs(blocks - whole).max() <= 1e-5
 

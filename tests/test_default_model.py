@@ -53,8 +53,8 @@ def fingerprint_of(rvq: Path) -> bytes:
 
 def reference(model_dir: Path, audio: np.ndarray) -> np.ndarray:
     model = Codec.from_pretrained(model_dir)
-    model.exact = True  # the encodes compared with this pass --exact
-    return model.decode(model.encode(torch.from_numpy(audio)[None, None]))[0, 0, : len(audio)].numpy()
+    exact = model.streamer("exact")  # the encodes compared with this pass --exact
+    return model.decode(exact.encode_offline(torch.from_numpy(audio)[None, None]))[0, 0, : len(audio)].numpy()
 
 
 # ----- registry -------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def test_codec_task_writes_real_files_and_takes_the_bitrate_from_them(env, tmp_p
         files: dict[str, bytes] = {}
         for name, pri, stored in (("tiny_a", None, f"stages_{n}.rvq"), ("tiny_a+entropy", priors, f"stages_{n}_range.rvq")):
             expected = io.BytesIO()
-            encode_stream(model, [audio], expected, make_header(model, n, pri), pri)
+            encode_stream(model.streamer(), [audio], expected, make_header(model, n, pri), pri)
             files[name] = expected.getvalue()
             assert (tmp_path / stored).read_bytes() == expected.getvalue()
             row = rows[(name, n)]
@@ -98,7 +98,7 @@ def test_codec_task_writes_real_files_and_takes_the_bitrate_from_them(env, tmp_p
             assert row["nominal_kbps"] == pytest.approx(model.bitrate(n) / 1000)
         # ... and the scores are those of the model's own decode of those codes.
         # (decoded from the very file: eval scores what a user of `codec decode` gets)
-        reference = decode_audio(model, parse(files["tiny_a"]))
+        reference = decode_audio(model.streamer(), parse(files["tiny_a"]))
         expected_scores = score(audio, reference)
         for name in ("tiny_a", "tiny_a+entropy"):
             for metric, value in expected_scores.items():
@@ -222,8 +222,8 @@ def test_limit_spreads_over_speakers(tmp_path: Path) -> None:
 
 
 def test_int8_system_scores_the_int8_model(tmp_path, one_thread):
-    """``codec eval --int8`` adds MODEL+int8, whose files are what the model writes with
-    ``Codec.int8`` on (ConvNeXt layers; the int8 weights change its codes)."""
+    """``codec eval --int8`` adds MODEL+int8, whose files are what the model's "int8" streamer
+    writes (ConvNeXt layers; the int8 weights change its codes)."""
     from codec.eval.evaluate import load_systems
     from codec.recipe import deep_merge, load_recipe
     torch.manual_seed(0)
@@ -246,9 +246,8 @@ def test_int8_system_scores_the_int8_model(tmp_path, one_thread):
         assert [(r["system"], r["stages"]) for r in result.rows] == [(system.name, 1), (system.name, 4)]
         files[system.name] = (work / "stages_4.rvq").read_bytes()
     loaded = Codec.from_pretrained(tmp_path / "tc")
-    loaded.int8 = True
     expected = io.BytesIO()
-    encode_stream(loaded, [audio], expected, make_header(loaded, 4))
+    encode_stream(loaded.streamer("int8"), [audio], expected, make_header(loaded, 4))
     assert files["tc+int8"] == expected.getvalue()
     assert files["tc+int8"] != files["tc"]
 

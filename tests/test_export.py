@@ -26,12 +26,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def torch_stream(model: Codec, wav: torch.Tensor, chunk: int = 320) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes [n_q, F], audio [T']) of a PyTorch stream of ``wav`` [1, 1, T] in ``chunk``-sample
     pieces, the decoder fed the codes one frame at a time, both streams flushed."""
-    with model.streaming():
-        codes = torch.cat([model.encode(wav[..., i:i + chunk]) for i in range(0, wav.shape[-1], chunk)]
-                          + [model.flush()], dim=-1)
-    with model.streaming():
-        audio = torch.cat([model.decode(codes[..., i:i + 1]) for i in range(codes.shape[-1])]
-                          + [model.flush_decoder()], dim=-1)
+    with model.streamer() as streamer:
+        codes = torch.cat([streamer.encode(wav[..., i:i + chunk]) for i in range(0, wav.shape[-1], chunk)]
+                          + [streamer.flush()], dim=-1)
+    with streamer:
+        audio = torch.cat([streamer.decode(codes[..., i:i + 1]) for i in range(codes.shape[-1])]
+                          + [streamer.flush_decoder()], dim=-1)
     return codes[0], audio[0, 0]
 
 

@@ -15,6 +15,7 @@ from codec.recipe import deep_merge, load_recipe
 from codec.runtime import native
 from codec.runtime.native.engine import TILE, FrameEngine, pack_tiles, unsupported
 from codec.runtime.stream import ENGINE, ENGINE_MAX_FRAMES, LAYERS
+from codec.runtime.streamer import Streamer
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(native.load() is None, reason="the engine was not built at install time (no C compiler)")]
@@ -36,25 +37,33 @@ def tiny(kind: str = "ema", seed: int = 0, warm: bool = True, quantizer: dict | 
     return m.eval()
 
 
-def stream_codes(model: Codec, wav: torch.Tensor, chunks: list[int] | int, native_on: bool = True) -> torch.Tensor:
+def streamer_of(model: Codec | Streamer, native_on: bool = True, precision: str = "fp32") -> Streamer:
+    """``model`` itself when it is a streamer, else its streamer on the native or torch backend."""
+    if isinstance(model, Streamer):
+        return model
+    return model.streamer(precision, "native" if native_on else "torch")
+
+
+def stream_codes(model: Codec | Streamer, wav: torch.Tensor, chunks: list[int] | int,
+                 native_on: bool = True) -> torch.Tensor:
     """Codes of ``wav`` streamed in chunks of the given sizes (cycled) and flushed."""
-    model.native = native_on
+    streamer = streamer_of(model, native_on)
     sizes = [chunks] if isinstance(chunks, int) else chunks
-    with model.streaming():
-        parts = [model.encode(wav[..., s]) for s in cycled_slices(wav.shape[-1], sizes)]
-        parts.append(model.flush())
-        used = type(model.stream_runner.engine("encoder"))
-    assert (used is FrameEngine) == (native_on and model.native and not model.exact)
+    with streamer:
+        parts = [streamer.encode(wav[..., s]) for s in cycled_slices(wav.shape[-1], sizes)]
+        parts.append(streamer.flush())
+        used = type(streamer.runner.engine("encoder"))
+    assert (used is FrameEngine) == (streamer.backend == "native" and streamer.precision != "exact")
     return torch.cat(parts, -1)
 
 
-def stream_audio(model: Codec, codes: torch.Tensor, frames: int = 1, native_on: bool = True) -> torch.Tensor:
+def stream_audio(model: Codec | Streamer, codes: torch.Tensor, frames: int = 1, native_on: bool = True) -> torch.Tensor:
     """Codes decoded as a stream, ``frames`` at a time, with the samples a synthesis delay holds
     back (``flush_decoder``) at the end: the offline decode's length."""
-    model.native = native_on
-    with model.streaming():
-        parts = [model.decode(codes[..., t : t + frames]) for t in range(0, codes.shape[-1], frames)]
-        return torch.cat(parts + [model.flush_decoder()], -1)
+    streamer = streamer_of(model, native_on)
+    with streamer:
+        parts = [streamer.decode(codes[..., t : t + frames]) for t in range(0, codes.shape[-1], frames)]
+        return torch.cat(parts + [streamer.flush_decoder()], -1)
 
 
 @pytest.fixture(scope="module")
@@ -145,15 +154,14 @@ def test_long_chunks_hand_the_stream_to_pytorch_and_back(shipped: Codec, monkeyp
     assert mixed.shape == ref.shape
     assert (mixed == ref).float().mean().item() >= 0.99
     assert torch.equal(mixed[:, :4], ref[:, :4])
-    shipped.native = True
     groups = [1, ENGINE_MAX_FRAMES + 1, 2, 1, 3 * ENGINE_MAX_FRAMES, 5]
     parts, t, k = [], 0, 0
-    with shipped.streaming():
+    with shipped.streamer() as streamer:
         while t < ref.shape[-1]:
-            parts.append(shipped.decode(ref[..., t : t + groups[k % len(groups)]]))
+            parts.append(streamer.decode(ref[..., t : t + groups[k % len(groups)]]))
             t, k = t + groups[k % len(groups)], k + 1
-        owners = {shipped.stream_runner.path("decoder")}
-        parts.append(shipped.flush_decoder())
+        owners = {streamer.runner.path("decoder")}
+        parts.append(streamer.flush_decoder())
     audio = torch.cat(parts, -1)
     assert owners <= {ENGINE, LAYERS}
     assert handovers["load_state"] >= 4 and handovers["store_state"] >= 4  # both ways, both parts
@@ -167,23 +175,20 @@ def test_int8_stream_stays_close_to_offline_int8(shipped: Codec) -> None:
     5% here, 0.1% for the PyTorch stream); the audio stays as close to the offline int8 decode
     as the PyTorch stream's own (~1e-4 of the energy: 40 dB)."""
     wav = speech(2.0, index=3)
-    shipped.int8 = True
-    try:
-        offline_codes = shipped.encode(wav)
-        ours = stream_codes(shipped, wav, HOP)
-        assert (ours == offline_codes).float().mean().item() >= 0.9
-        assert (ours[:, 0] == offline_codes[:, 0]).float().mean().item() >= 0.98
-        offline = shipped.decode(offline_codes)
-        a = stream_audio(shipped, offline_codes)
-        b = stream_audio(shipped, offline_codes, native_on=False)
+    native_int8, torch_int8 = shipped.streamer("int8"), shipped.streamer("int8", "torch")
+    offline_codes = native_int8.encode_offline(wav)
+    ours = stream_codes(native_int8, wav, HOP)
+    assert (ours == offline_codes).float().mean().item() >= 0.9
+    assert (ours[:, 0] == offline_codes[:, 0]).float().mean().item() >= 0.98
+    offline = native_int8.decode_offline(offline_codes)
+    a = stream_audio(native_int8, offline_codes)
+    b = stream_audio(torch_int8, offline_codes)
 
-        def err(x: torch.Tensor) -> float:
-            return ((x - offline).pow(2).mean() / offline.pow(2).mean()).item()
+    def err(x: torch.Tensor) -> float:
+        return ((x - offline).pow(2).mean() / offline.pow(2).mean()).item()
 
-        assert err(a) <= 4 * err(b) + 1e-5
-        assert err(a) < 1e-3
-    finally:
-        shipped.int8 = False
+    assert err(a) <= 4 * err(b) + 1e-5
+    assert err(a) < 1e-3
 
 
 def test_other_fft_sizes() -> None:
@@ -217,15 +222,14 @@ def test_finer_grids_and_heads_stream_like_pytorch(grid: str, monkeypatch) -> No
     assert ours.unique().numel() > 8
 
     def decoded(native_on: bool, groups: list[int]) -> torch.Tensor:
-        model.native = native_on
         parts, t, k = [], 0, 0
-        with model.streaming():
+        with streamer_of(model, native_on) as streamer:
             while t < ref.shape[-1]:
                 n = groups[k % len(groups)]
-                parts.append(model.decode(ref[..., t : t + n]))
+                parts.append(streamer.decode(ref[..., t : t + n]))
                 t, k = t + n, k + 1
-            engine = model.stream_runner.engine("decoder")
-            parts.append(model.flush_decoder())
+            engine = streamer.runner.engine("decoder")
+            parts.append(streamer.flush_decoder())
         assert (engine is not None) == native_on
         return torch.cat(parts, -1)
 
@@ -239,38 +243,41 @@ def test_finer_grids_and_heads_stream_like_pytorch(grid: str, monkeypatch) -> No
     assert (want - offline).abs().max().item() <= 1e-5 * max(1.0, offline.abs().max().item())
 
 
-def test_each_stream_starts_fresh_and_weight_changes_are_seen() -> None:
-    """Packed weights are reused between streams; the history never is, and a weight edit
-    (an optimizer step, load_state_dict) rebuilds them."""
+def test_each_stream_starts_fresh_and_weight_changes_need_a_new_streamer() -> None:
+    """A streamer's packed weights serve all its streams; the history never carries over. A
+    weight edit (an optimizer step, load_state_dict) is not seen by the streamer made before
+    it (a snapshot), and is by a new one."""
     model = tiny()
+    streamer = model.streamer()
     a, b = speech(1.0, index=4), speech(1.0, index=5)
-    first = stream_codes(model, a, HOP)
-    engine = model.stream_runner.cached_engine("encoder")
-    stream_codes(model, b, HOP)
-    assert model.stream_runner.cached_engine("encoder") is engine  # reused
-    assert torch.equal(stream_codes(model, a, HOP), first)  # history reset: same as the first time
-    audio = stream_audio(model, first)
-    stream_audio(model, stream_codes(model, b, HOP))
-    assert torch.equal(stream_audio(model, first), audio)
+    first = stream_codes(streamer, a, HOP)
+    engine = streamer.engine("encoder")
+    stream_codes(streamer, b, HOP)
+    assert streamer.engine("encoder") is engine  # reused
+    assert torch.equal(stream_codes(streamer, a, HOP), first)  # history reset: same as the first time
+    audio = stream_audio(streamer, first)
+    stream_audio(streamer, stream_codes(streamer, b, HOP))
+    assert torch.equal(stream_audio(streamer, first), audio)
     with torch.no_grad():
         model.decoder.head.bias += 0.5
-    assert not torch.equal(stream_audio(model, first), audio)
+    assert torch.equal(stream_audio(streamer, first), audio)  # the snapshot
+    assert not torch.equal(stream_audio(model, first), audio)  # a new streamer sees the edit
     assert torch.allclose(stream_audio(model, first), stream_audio(model, first, native_on=False), atol=1e-4)
 
 
 def test_bad_codes_raise_and_leave_the_stream_intact() -> None:
     model = tiny()
     codes = model.encode(speech(0.5))
-    with model.streaming():
-        first = model.decode(codes[..., :3])
+    with model.streamer() as streamer:
+        first = streamer.decode(codes[..., :3])
         bad = codes[..., 3:4].clone()
         bad[0, 2, 0] = model.codebook_sizes[2]
         with pytest.raises(IndexError):
-            model.decode(bad)
+            streamer.decode(bad)
         bad[0, 2, 0] = -1
         with pytest.raises(IndexError):
-            model.decode(bad)
-        rest = model.decode(codes[..., 3:])
+            streamer.decode(bad)
+        rest = streamer.decode(codes[..., 3:])
     assert torch.equal(torch.cat([first, rest], -1), stream_audio(model, codes))
 
 
@@ -278,10 +285,9 @@ def test_fewer_stages_and_flush() -> None:
     model = tiny()
     wav = speech(1.0)[..., :16000 - 100]  # the last frame is partial: flush pads it
     n_q = 2
-    model.native = True
-    with model.streaming():
-        parts = [model.encode(wav[..., i : i + 500], n_q=n_q) for i in range(0, wav.shape[-1], 500)]
-        parts.append(model.flush(n_q=n_q))
+    with model.streamer() as streamer:
+        parts = [streamer.encode(wav[..., i : i + 500], n_q=n_q) for i in range(0, wav.shape[-1], 500)]
+        parts.append(streamer.flush(n_q=n_q))
     codes = torch.cat(parts, -1)
     ref = model.encode(wav, n_q=n_q)
     assert codes.shape == ref.shape == (1, n_q, 50)
@@ -293,31 +299,32 @@ def test_batches_and_unsupported_models_take_the_pytorch_path() -> None:
     model = tiny()
     wav = speech(1.0)
     two = torch.cat([wav, speech(1.0, index=1)])
-    with model.streaming():
-        model.encode(two[..., :HOP])
-        assert model.stream_runner.engine("encoder") is None
-    with model.streaming():
-        model.encode(wav[..., :HOP])
+    streamer = model.streamer()
+    with streamer:
+        streamer.encode(two[..., :HOP])
+        assert streamer.runner.engine("encoder") is None
+    with streamer:
+        streamer.encode(wav[..., :HOP])
         with pytest.raises(ValueError, match="batch size"):
-            model.encode(two[..., HOP : 2 * HOP])
-    model.exact = True  # the fp64 encode stays in PyTorch (bit-exact streaming)
-    codes = stream_codes(model, wav, HOP)
-    assert torch.equal(codes, model.encode(wav))
-    model.exact = False
+            streamer.encode(two[..., HOP : 2 * HOP])
+    exact = model.streamer("exact")  # the fp64 encode stays in PyTorch (bit-exact streaming)
+    assert exact.engine("encoder") is None and isinstance(exact.engine("decoder"), FrameEngine)
+    codes = stream_codes(exact, wav, HOP)
+    assert torch.equal(codes, exact.encode_offline(wav))
     projected = tiny(warm=False, quantizer={"codebook_dim": 4})
     assert unsupported(projected.encoder, projected.quantizer, "encoder") == "a projected or cosine-searched quantizer stage"
     assert unsupported(projected.decoder, projected.quantizer, "decoder") is None
-    with projected.streaming():  # the decoder in C, the encoder in PyTorch
-        codes = projected.encode(wav[..., :HOP])
-        projected.decode(codes)
-        runner = projected.stream_runner
+    with projected.streamer() as streamer:  # the decoder in C, the encoder in PyTorch
+        codes = streamer.encode(wav[..., :HOP])
+        streamer.decode(codes)
+        runner = streamer.runner
         assert runner.engine("encoder") is None and isinstance(runner.engine("decoder"), FrameEngine)
     torch.manual_seed(0)
     seanet = Codec.from_config(REPO / "recipes" / "tiny.yaml")
     assert unsupported(seanet.encoder, seanet.quantizer, "encoder") == "not the ConvNeXt architecture"
-    with seanet.streaming():
-        seanet.encode(wav[..., :HOP])
-        assert seanet.stream_runner.engine("encoder") is None
+    with seanet.streamer() as streamer:
+        streamer.encode(wav[..., :HOP])
+        assert streamer.engine("encoder") is None and streamer.runner.engine("encoder") is None
 
 
 @pytest.mark.skipif(native.chosen_variant() != "avx2", reason="this CPU runs the plain-C build only")

@@ -270,11 +270,7 @@ def test_pipe_equals_offline_decode(model: Codec, exact_run: dict) -> None:
     """--exact: the streamed codes are the offline codes bit for bit, and the decoded stream is
     the offline decode within the streaming tolerance, cut to the input's length."""
     wav, audio = exact_run["wav"], exact_run["audio"]
-    model.exact = True
-    try:
-        offline_codes = model.encode(wav)
-    finally:
-        model.exact = False
+    offline_codes = model.streamer("exact").encode_offline(wav)
     _, events = read_all(exact_run["stream"])
     streamed = torch.from_numpy(codes_of(events))[None]
     assert torch.equal(streamed, offline_codes)

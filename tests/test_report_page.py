@@ -195,8 +195,9 @@ def test_clip_is_the_start_of_what_was_scored(evaluated: Path) -> None:
     torch.set_num_threads(1)
     try:
         buf = io.BytesIO()
-        encode_stream(model, [audio], buf, make_header(model, 12))
-        decoded = decode_audio(model, parse(buf.getvalue()))
+        streamer = model.streamer()
+        encode_stream(streamer, [audio], buf, make_header(model, 12))
+        decoded = decode_audio(streamer, parse(buf.getvalue()))
     finally:
         torch.set_num_threads(before)
     clip, rate = sf.read(evaluated / clips.LISTEN_DIR / "u1_s1_speech16k_12st.flac", dtype="float32")

@@ -445,7 +445,6 @@ def test_optimizer_is_fused_adamw_with_the_per_tensor_loops_update() -> None:
     # the schedule has already scaled the lr to its first step's (the warm-up's start)
     loop = torch.optim.AdamW(nets[1].parameters(), lr=fused.param_groups[0]["lr"], betas=tuple(cfg.betas))
     assert fused.defaults["fused"] is True
-    version = nets[0][0].weight._version
     for opt in (fused, loop):
         for g in opt.param_groups:
             g["weight_decay"] = 0.0
@@ -457,7 +456,6 @@ def test_optimizer_is_fused_adamw_with_the_per_tensor_loops_update() -> None:
             net(x).square().mean().backward()
             opt.step()
     moved = (nets[0][0].weight - nets[1][0].weight).abs().max()
-    assert nets[0][0].weight._version >= version + 5  # every step bumps it, as the loop's do
     assert float(moved) < 1e-6
     assert float((nets[0][0].weight - start).abs().max()) > 2 * float(fused.param_groups[0]["lr"])  # Adam: ~lr per step
 

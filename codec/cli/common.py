@@ -123,6 +123,12 @@ def choose_stages(model: Codec, stages: int | None, bitrate: float | None) -> in
     return n_q
 
 
+def precision(args: argparse.Namespace) -> str:
+    """The streamer precision (``Codec.streamer``) a command's ``--exact`` flag asks for:
+    "exact" (float64 encode: streamed codes equal offline codes bit for bit), else "fp32"."""
+    return "exact" if args.exact else "fp32"
+
+
 def model_help(default: bool = True) -> str:
     """The help text of a ``--model NAME|DIR`` option."""
     from codec.pretrained import DEFAULT_MODEL

@@ -113,5 +113,5 @@ def run(args: argparse.Namespace) -> int | None:
     model, model_dir = load_model(args.model)
     priors = load_priors(model_dir, model) if parsed.header.mode == MODE_RANGE else None
     with Progress(parsed.trailer.num_samples / model.sample_rate, "decode") as bar:
-        blocks = bar.counted(decode_blocks(model, parsed, priors), lambda b: len(b) / model.sample_rate)
+        blocks = bar.counted(decode_blocks(model.streamer(), parsed, priors), lambda b: len(b) / model.sample_rate)
         write_audio(args.output, blocks, model.sample_rate, args.subtype)

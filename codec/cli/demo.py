@@ -107,13 +107,14 @@ def run_demo(model: str | None = None, stages: int | None = None, out: str | Non
 
     folder, created = _prepare_out(out, force)
     bitstream, decoded = _outputs(folder)
+    streamer = loaded.streamer()
     try:
         with AudioReader(str(SAMPLE)) as reader, atomic_output(str(bitstream)) as f:
-            result = encode_stream(loaded, reader.blocks(loaded.sample_rate), f, header, priors)
+            result = encode_stream(streamer, reader.blocks(loaded.sample_rate), f, header, priors)
             if priors is not None:  # as `codec encode --entropy`: fixed-width where range coding loses
                 result = fixed_width_if_smaller(f, result, priors) or result
         parsed = parse(bitstream.read_bytes())
-        write_audio(str(decoded), decode_blocks(loaded, parsed, priors), loaded.sample_rate)
+        write_audio(str(decoded), decode_blocks(streamer, parsed, priors), loaded.sample_rate)
     except BaseException:
         if created and not any(folder.iterdir()):
             folder.rmdir()

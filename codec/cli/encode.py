@@ -21,6 +21,7 @@ from codec.cli.common import (
     note,
     parse_bitrate,
     plural,
+    precision,
     warn,
 )
 from codec.pretrained import DEFAULT_MODEL
@@ -123,7 +124,7 @@ def _worker(args: argparse.Namespace) -> EncodeWorker:
     else:
         priors = load_priors(model_dir, model, fingerprint) if args.entropy else None
         output = RvqOutput(priors, args.block_frames or DEFAULT_BLOCK_FRAMES)
-    return EncodeWorker(EncodeSettings(str(model_dir), n_q, output, args.exact), model, fingerprint)
+    return EncodeWorker(EncodeSettings(str(model_dir), n_q, output, precision(args)), model, fingerprint)
 
 
 def run(args: argparse.Namespace) -> int | None:
@@ -143,7 +144,6 @@ def run(args: argparse.Namespace) -> int | None:
         raise CLIError("--block-frames applies only with --entropy")
     check_output(args.output, [args.input], args.force)
     model, model_dir = load_model(args.model)
-    model.exact = args.exact
     n_q = choose_stages(model, args.stages, args.bitrate)
     priors = load_priors(model_dir, model) if args.entropy else None
     header = make_header(model, n_q, priors, args.block_frames or DEFAULT_BLOCK_FRAMES)
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int | None:
         total = reader.duration_s
         with atomic_output(args.output) as out, Progress(total, "encode") as bar:
             blocks = bar.counted(reader.blocks(model.sample_rate), lambda b: len(b) / model.sample_rate)
-            result = encode_stream(model, blocks, out, header, priors)
+            result = encode_stream(model.streamer(precision(args)), blocks, out, header, priors)
             fallback = fixed_width_if_smaller(out, result, priors) if priors is not None else None
     final = fallback or result
     seconds = final.num_samples / model.sample_rate

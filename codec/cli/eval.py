@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also write range-coded files (needs the model's priors.json, see `codec priors`) "
                         "and report them as system MODEL+entropy")
     p.add_argument("--int8", action="store_true",
-                   help="also evaluate each model with int8 weights (Codec.int8, the fast streaming precision) "
+                   help="also evaluate each model with int8 weights (the streamer's int8 precision, the fast streaming one) "
                         "as system MODEL+int8")
     p.add_argument("--limit", type=int, metavar="N", help="use only N files, taken in turn from each top-level folder (speaker) so all are covered")
     p.add_argument("--listen", type=int, default=4, metavar="N",

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
         raise CLIError(f"--data {args.data}: no audio files (.wav .flac .ogg) found")
     model, model_dir = load_model(args.model)
     with Progress(len(files), "priors", unit="file") as bar:
-        counts, frames = count_codes(model, bar.counted(files, lambda _: 1))
+        counts, frames = count_codes(model.streamer(), bar.counted(files, lambda _: 1))
     priors = Priors.from_counts(counts, model.fingerprint(), frames)
     path = _write_copy(model_dir, out, priors) if out is not None else priors.save(model_dir)
     fixed = sum(math.ceil(math.log2(k)) for k in model.codebook_sizes)

@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> None:
     refuse_terminals(read=True, write=True)
     model, _ = load_model(args.model)
     torch.set_num_threads(1)  # a frame's work is too small to share among threads (as stream-encode)
-    warm_up(model, encoder=False)
-    with LiveDecoder(model, join=args.join) as dec:
+    streamer = model.streamer()
+    warm_up(streamer, encoder=False)
+    with LiveDecoder(streamer, join=args.join) as dec:
         if not args.quiet:
             note(f"stream-decode ready: writing {args.pcm} mono at {model.sample_rate} Hz")
         joined = False

@@ -15,6 +15,7 @@ from codec.cli.common import (
     note,
     parse_bitrate,
     plural,
+    precision,
     warn,
 )
 from codec.cli.live_io import (
@@ -93,15 +94,15 @@ def run(args: argparse.Namespace) -> None:
 
     refuse_terminals(read=True, write=True)
     model, _ = load_model(args.model)
-    model.exact = args.exact
+    streamer = model.streamer(precision(args))
     n_q = choose_stages(model, args.stages, args.bitrate)
     every = header_interval(args.header_every, model.frame_rate, args.packet_frames)
     # One frame's work is far too small to share among threads; idle pool threads would only
     # compete with the audio tools in the pipeline for the cores.
     torch.set_num_threads(1)
-    warm_up(model, decoder=False)
+    warm_up(streamer, decoder=False)
     pcm = PcmReader(args.pcm)
-    with LiveEncoder(model, n_q, args.packet_frames, every) as enc:
+    with LiveEncoder(streamer, n_q, args.packet_frames, every) as enc:
         write_now(enc.start())  # the decoder checks the model with it before any audio comes
         if not args.quiet:
             h = enc.header

@@ -51,7 +51,7 @@ class System:
     settings: tuple[float, ...]
     model_dir: str | None = None
     entropy: bool = False
-    int8: bool = False  # run the model with int8 weights (``Codec.int8``)
+    int8: bool = False  # run the model's streamer in the "int8" precision (int8 weights)
 
 
 @dataclass(frozen=True)
@@ -80,15 +80,15 @@ def _init_worker() -> None:
 
 
 def _model(model_dir: str, entropy: bool, int8: bool = False):
-    """(model, priors or None), loaded once per process and precision."""
+    """(streamer, priors or None): the model's streamer ("int8" or "fp32" precision), loaded
+    once per process and precision."""
     key = (model_dir, int8)
     if key not in _MODELS:
         from codec.bitstream.priors import Priors
         from codec.model import Codec
 
         model = Codec.from_pretrained(model_dir).eval()
-        model.int8 = int8
-        _MODELS[key] = (model, Priors.load(model_dir) if entropy else None)
+        _MODELS[key] = (model.streamer("int8" if int8 else "fp32"), Priors.load(model_dir) if entropy else None)
     return _MODELS[key]
 
 
@@ -109,12 +109,13 @@ def codec_task(task: Task, workdir: Path) -> TaskResult:
     from codec.files.coding import decode_audio, encode_stream, make_header
 
     system = task.system
-    model, priors = _model(system.model_dir, system.entropy, system.int8)
+    streamer, priors = _model(system.model_dir, system.entropy, system.int8)
+    model = streamer.model
     audio = read_audio(task.path, model.sample_rate)
     reference = audio if model.sample_rate == METRIC_RATE else read_audio(task.path, METRIC_RATE)
     full = workdir / f"stages_{model.num_stages}.rvq"
     with open(full, "wb") as f:
-        encode_stream(model, [audio], f, make_header(model, model.num_stages))
+        encode_stream(streamer, [audio], f, make_header(model, model.num_stages))
     parsed = parse(full.read_bytes())
     codes, num_samples = decode_codes(parsed), parsed.trailer.num_samples
     duration = num_samples / model.sample_rate
@@ -126,7 +127,7 @@ def codec_task(task: Task, workdir: Path) -> TaskResult:
             with open(path, "wb") as f:
                 write_file(f, make_header(model, n), codes[:n], num_samples)
         parsed_n = parse(path.read_bytes())
-        decoded = decode_audio(model, parsed_n)
+        decoded = decode_audio(streamer, parsed_n)
         metrics = score(reference, to_metric_rate(decoded, model.sample_rate))
         if task.clips:
             write_clip(task.clips[system.settings.index(n)], decoded, model.sample_rate)

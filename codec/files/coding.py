@@ -1,10 +1,11 @@
 """Glue between a Codec model and the container: streaming encode, exact decode.
 
-Codes go in as the model emits them (``model.streaming()``), so encoding holds only one
-audio block and a few frames in memory. Decoding runs the model offline on up to
-``DECODE_BLOCK_FRAMES`` frames at once (bit-exact with ``model.decode``) and switches to
-the model's streaming decoder in blocks of that size for longer files (equal up to float
-rounding, memory bounded).
+The coding runs on a streamer (``Codec.streamer``, its precision the caller's choice); the
+headers are checked against the model it was made from (``streamer.model``). Codes go in as
+the streamer emits them, so encoding holds only one audio block and a few frames in memory.
+Decoding runs offline on up to ``DECODE_BLOCK_FRAMES`` frames at once (bit-exact with
+``streamer.decode_offline``) and switches to the streaming decoder in blocks of that size for
+longer files (equal up to float rounding, memory bounded).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from codec.bitstream.errors import BitstreamError
 from codec.bitstream.header import MODE_FIXED, MODE_RANGE, TRAILER_SIZE, Header
 from codec.bitstream.packing import packed_size
 from codec.bitstream.priors import Priors
+
+if TYPE_CHECKING:
+    from codec.runtime.streamer import Streamer
 
 DECODE_BLOCK_FRAMES = 3000  # 60 s at 50 frames/s
 
@@ -81,22 +85,23 @@ class Counted:
             yield block
 
 
-def stream_codes(model, blocks: Iterable[np.ndarray], n_q: int) -> Iterator[np.ndarray]:
+def stream_codes(streamer: Streamer, blocks: Iterable[np.ndarray], n_q: int) -> Iterator[np.ndarray]:
     """Codes int64 [n_q, f] as the streaming encoder emits them for mono float32 blocks [L] at
-    model.sample_rate (f >= 0 frames each), the last chunk from its flush. The model streams
-    until the generator ends or is closed (``contextlib.closing``)."""
-    with torch.inference_mode(), model.streaming():
+    the model's sample rate (f >= 0 frames each), the last chunk from its flush. A fresh
+    stream of ``streamer`` runs until the generator ends or is closed (``contextlib.closing``)."""
+    with torch.inference_mode(), streamer:
         for block in blocks:
-            yield model.encode(torch.from_numpy(block)[None, None], n_q=n_q)[0].cpu().numpy()
-        yield model.flush(n_q=n_q)[0].cpu().numpy()
+            yield streamer.encode(torch.from_numpy(block)[None, None], n_q=n_q)[0].cpu().numpy()
+        yield streamer.flush(n_q=n_q)[0].cpu().numpy()
 
 
-def encode_stream(model, blocks: Iterable[np.ndarray], out: BinaryIO, header: Header,
+def encode_stream(streamer: Streamer, blocks: Iterable[np.ndarray], out: BinaryIO, header: Header,
                   priors: Priors | None = None) -> EncodeResult:
-    """Encode mono float32 blocks [L] at model.sample_rate into ``out``, frame by frame."""
+    """Encode mono float32 blocks [L] at the model's sample rate into ``out``, frame by frame,
+    through a fresh stream of ``streamer``."""
     writer = BitstreamWriter(out, header, priors)
     counted = Counted(blocks)
-    with closing(stream_codes(model, counted, header.num_stages)) as chunks:
+    with closing(stream_codes(streamer, counted, header.num_stages)) as chunks:
         for codes in chunks:
             writer.write(codes)
     size = writer.finish(counted.samples)
@@ -128,30 +133,33 @@ def fixed_width_if_smaller(f: BinaryIO, result: EncodeResult, priors: Priors) ->
     return EncodeResult(result.num_samples, result.num_frames, size)
 
 
-def decode_blocks(model, parsed: Parsed, priors: Priors | None = None,
+def decode_blocks(streamer: Streamer, parsed: Parsed, priors: Priors | None = None,
                   block_frames: int = DECODE_BLOCK_FRAMES, fingerprint: bytes | None = None) -> Iterator[np.ndarray]:
-    """Yield float32 audio blocks [L] (model.sample_rate), trimmed to the stored sample count.
-    ``fingerprint``: the model's, when already computed (``check_model``)."""
-    check_model(parsed.header, model, fingerprint)
+    """Yield float32 audio blocks [L] (the model's sample rate), trimmed to the stored sample
+    count, decoded by ``streamer`` (offline, or a fresh decode stream for more than
+    ``block_frames`` frames). ``fingerprint``: the model's, when already computed
+    (``check_model``)."""
+    check_model(parsed.header, streamer.model, fingerprint)
     codes = torch.from_numpy(decode_codes(parsed, priors))[None]  # [1, N, F]
     remaining = parsed.trailer.num_samples
     with torch.inference_mode():
         if codes.shape[-1] <= block_frames:
-            yield model.decode(codes)[0, 0, :remaining].cpu().numpy()
+            yield streamer.decode_offline(codes)[0, 0, :remaining].cpu().numpy()
             return
-        with model.streaming():
+        with streamer:
             for start in range(0, codes.shape[-1], block_frames):
-                wav = model.decode(codes[..., start : start + block_frames])[0, 0, :remaining]
+                wav = streamer.decode(codes[..., start : start + block_frames])[0, 0, :remaining]
                 remaining -= wav.shape[-1]
                 yield wav.cpu().numpy()
-            tail = model.flush_decoder()[0, 0, :remaining]
+            tail = streamer.flush_decoder()[0, 0, :remaining]
             if tail.numel():
                 yield tail.cpu().numpy()
 
 
-def decode_audio(model, parsed: Parsed, priors: Priors | None = None) -> np.ndarray:
-    """The whole decoded signal, float32 [num_samples]; equals model.decode(codes) exactly."""
-    return np.concatenate(list(decode_blocks(model, parsed, priors, block_frames=1 << 62)))
+def decode_audio(streamer: Streamer, parsed: Parsed, priors: Priors | None = None) -> np.ndarray:
+    """The whole decoded signal, float32 [num_samples]; equals
+    ``streamer.decode_offline(codes)`` exactly."""
+    return np.concatenate(list(decode_blocks(streamer, parsed, priors, block_frames=1 << 62)))
 
 
 def stages_for_bitrate(model, bits_per_second: float) -> int:

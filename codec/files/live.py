@@ -1,12 +1,12 @@
 """A model on a live stream: audio blocks in, packets out (``LiveEncoder``), and packets in,
-audio out (``LiveDecoder``), each a stream of the model (``model.streaming()``), so every
-frame is coded as soon as its samples are in and decoded as soon as its packet is, with no
-history recomputed. The packet format is ``codec.bitstream.live``.
+audio out (``LiveDecoder``), each a stream of a streamer (``Codec.streamer``: its precision
+the caller's choice), so every frame is coded as soon as its samples are in and decoded as
+soon as its packet is, with no history recomputed. The packet format is
+``codec.bitstream.live``.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self  # typing's from Python 3.11 on (torch requires typing_extensions)
 
     from codec.model import Codec
+    from codec.runtime.streamer import Streamer
 
 
 def live_header(model: Codec, num_stages: int, packet_frames: int = 1) -> LiveHeader:
@@ -29,37 +30,38 @@ def live_header(model: Codec, num_stages: int, packet_frames: int = 1) -> LiveHe
     return LiveHeader(h.sample_rate, h.hop_length, h.codebook_sizes, h.fingerprint, packet_frames)
 
 
-def warm_up(model: Codec, encoder: bool = True, decoder: bool = True) -> None:
-    """Run one frame of silence through a throw-away stream of the parts asked for, so that the
-    first real frame does not pay for preparing them (the native engine packs its weights on a
-    stream's first chunk; prepared engines are kept for later streams)."""
-    with torch.inference_mode(), model.streaming():
+def warm_up(streamer: Streamer, encoder: bool = True, decoder: bool = True) -> None:
+    """Run one frame of silence through throw-away streams of the parts asked for, so that the
+    first real frame does not pay for PyTorch's first-call set-ups (the weights were prepared
+    when the streamer was made); the streams are reset after."""
+    with torch.inference_mode(), streamer:
         if encoder:
-            model.encode(torch.zeros(1, 1, model.hop_length))
+            streamer.encode(torch.zeros(1, 1, streamer.hop_length))
         if decoder:
-            model.decode(torch.zeros(1, 1, 1, dtype=torch.long))
-            model.flush_decoder()
+            streamer.decode(torch.zeros(1, 1, 1, dtype=torch.long))
+            streamer.flush_decoder()
 
 
 class _ModelStream:
-    """A context manager holding a stream of ``model`` (``model.streaming()``) while inside."""
+    """A context manager holding fresh streams of ``streamer`` while inside (``model``: the
+    codec it was made from)."""
 
-    def __init__(self, model: Codec) -> None:
-        self.model = model
-        self._stack = contextlib.ExitStack()
+    def __init__(self, streamer: Streamer) -> None:
+        self.streamer = streamer
+        self.model: Codec = streamer.model
 
     def __enter__(self) -> Self:
-        self._stack.enter_context(self.model.streaming())
+        self.streamer.reset()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+        self.streamer.reset()
 
 
 class LiveEncoder(_ModelStream):
     """Audio in, stream bytes out. Use as a context manager (it holds a model stream)::
 
-        with LiveEncoder(model, n_q) as enc:
+        with LiveEncoder(model.streamer(), n_q) as enc:
             send(enc.start())
             for block in blocks:       # float32 [L] at model.sample_rate, any L
                 send(enc.push(block))  # the packets the block completed (b"" if none)
@@ -68,10 +70,10 @@ class LiveEncoder(_ModelStream):
     header_every: repeat the header every that many packets (0: never) for late joiners.
     """
 
-    def __init__(self, model: Codec, n_q: int, packet_frames: int = 1, header_every: int = 0) -> None:
-        super().__init__(model)
+    def __init__(self, streamer: Streamer, n_q: int, packet_frames: int = 1, header_every: int = 0) -> None:
+        super().__init__(streamer)
         self.n_q = n_q
-        self.writer = LiveWriter(live_header(model, n_q, packet_frames), header_every)
+        self.writer = LiveWriter(live_header(self.model, n_q, packet_frames), header_every)
         self.num_samples = 0  # samples coded so far
 
     @property
@@ -90,21 +92,21 @@ class LiveEncoder(_ModelStream):
         if len(block) == 0:
             return b""
         with torch.inference_mode():
-            codes = self.model.encode(torch.from_numpy(np.ascontiguousarray(block, np.float32))[None, None], self.n_q)
+            codes = self.streamer.encode(torch.from_numpy(np.ascontiguousarray(block, np.float32))[None, None], self.n_q)
         self.num_samples += len(block)
         return self.writer.write(codes[0].numpy())
 
     def finish(self) -> bytes:
         """End of the audio: the pending partial frame (zero-padded) and the end packet."""
         with torch.inference_mode():
-            codes = self.model.flush(self.n_q)
+            codes = self.streamer.flush(self.n_q)
         return self.writer.end(codes[0].numpy(), self.num_samples)
 
 
 class LiveDecoder(_ModelStream):
     """Stream bytes in, audio out. Use as a context manager (it holds a model stream)::
 
-        with LiveDecoder(model) as dec:
+        with LiveDecoder(model.streamer()) as dec:
             for data in chunks:         # bytes as they arrive, any amount
                 play(dec.push(data))    # float32 [L]: the samples that became final
             play(dec.finish())          # what the synthesis still held back
@@ -114,12 +116,12 @@ class LiveDecoder(_ModelStream):
     join: the input may start anywhere in a stream (``LiveReader``).
     """
 
-    def __init__(self, model: Codec, join: bool = False) -> None:
-        super().__init__(model)
+    def __init__(self, streamer: Streamer, join: bool = False) -> None:
+        super().__init__(streamer)
         self.reader = LiveReader(join=join)
         self.samples_out = 0
         self._limit: int | None = None  # samples to output in all, once the end packet told
-        self._fingerprint = model.fingerprint()
+        self._fingerprint = self.model.fingerprint()
 
     @property
     def header(self) -> LiveHeader | None:
@@ -163,11 +165,11 @@ class LiveDecoder(_ModelStream):
         if codes.shape[1] == 0:
             return np.zeros(0, np.float32)
         with torch.inference_mode():
-            return self.model.decode(torch.from_numpy(codes)[None])[0, 0].numpy()
+            return self.streamer.decode(torch.from_numpy(codes)[None])[0, 0].numpy()
 
     def _flush(self) -> np.ndarray:
         with torch.inference_mode():
-            return self.model.flush_decoder()[0, 0].numpy()
+            return self.streamer.flush_decoder()[0, 0].numpy()
 
     def _trim(self, parts: list[np.ndarray]) -> np.ndarray:
         audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)

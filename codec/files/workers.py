@@ -4,10 +4,10 @@ settings' output: ``codec.files.outputs``) and ``DecodeWorker`` (.rvq -> audio).
 fails is one Outcome with its message; the others of its group go on. The model's fingerprint
 is computed once per worker.
 
-Short files are read whole and run through ``Codec.encode_batch`` / ``decode_batch`` (codes
-equal the offline ``Codec.encode``'s); a file longer than ``long_seconds`` (or of unknown
-length) runs alone through the streaming path that ``codec encode`` / ``decode`` use for one
-file, so memory stays bounded.
+Short files are read whole and run through the worker's streamer's ``encode_batch`` (codes
+equal its offline ``encode_offline``'s; the precision is the settings') or ``Codec.decode_batch``;
+a file longer than ``long_seconds`` (or of unknown length) runs alone through the streaming
+path that ``codec encode`` / ``decode`` use for one file, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -39,17 +39,18 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from codec.model import Codec
+    from codec.runtime.streamer import Streamer
 
 
 @dataclass(frozen=True)
 class EncodeSettings:
     """What ``codec encode`` does to each file: the model directory, the stages ``n_q``, the
-    ``output`` written, and ``exact`` (encode in float64)."""
+    ``output`` written, and the streamer ``precision`` ("fp32", or "exact": float64)."""
 
     model_dir: str
     n_q: int
     output: RvqOutput | NpyOutput
-    exact: bool = False
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Worker:
                  fingerprint: bytes | None = None) -> None:
         self.settings = settings
         self.model: Codec | None = model.eval()
+        self._streamer: Streamer | None = None
         self.sample_rate = model.sample_rate
         self.long_seconds = long_seconds(model.frame_rate)
         self._fingerprint = fingerprint
@@ -97,9 +99,15 @@ class Worker:
             raise RuntimeError("this worker's model was released")
         return self.model
 
+    def streamer(self) -> Streamer:
+        """The model's streamer in the settings' precision (made on first use, once)."""
+        if self._streamer is None:
+            self._streamer = self._model().streamer(getattr(self.settings, "precision", "fp32"))
+        return self._streamer
+
     def release(self) -> None:
         """Drop the model (its work goes to worker processes); planning still works."""
-        self.model = None
+        self.model = self._streamer = None
 
     @property
     def suffix(self) -> str:
@@ -134,10 +142,6 @@ class EncodeWorker(Worker):
     inputs = frozenset(AUDIO_SUFFIXES)
     settings: EncodeSettings
 
-    def __init__(self, settings: EncodeSettings, model: Codec, fingerprint: bytes | None = None) -> None:
-        super().__init__(settings, model, fingerprint)
-        model.exact = settings.exact
-
     @property
     def suffix(self) -> str:
         return self.settings.output.suffix
@@ -163,7 +167,7 @@ class EncodeWorker(Worker):
                 done[i] = failed(job, e)
         if batch:
             try:
-                codes = model.encode_batch([torch.from_numpy(wav) for _, wav, _ in batch], self.settings.n_q)
+                codes = self.streamer().encode_batch([torch.from_numpy(wav) for _, wav, _ in batch], self.settings.n_q)
             except Exception as e:  # noqa: BLE001
                 codes = []
                 done.update({i: failed(jobs[i], e) for i, _, _ in batch})
@@ -180,7 +184,7 @@ class EncodeWorker(Worker):
     def _streamed(self, job: Job, reader: AudioReader) -> Outcome:
         """A long file (or of unknown length) through the streaming encoder, block by block."""
         blocks, frames = Counted(reader.blocks(self.sample_rate)), 0
-        with self._sink(job) as sink, closing(stream_codes(self._model(), blocks, self.settings.n_q)) as chunks:
+        with self._sink(job) as sink, closing(stream_codes(self.streamer(), blocks, self.settings.n_q)) as chunks:
             for codes in chunks:
                 sink.write(codes)
                 frames += codes.shape[1]
@@ -232,7 +236,7 @@ class DecodeWorker(Worker):
                 check_model(parsed.header, model, self.fingerprint)
                 priors = self.priors() if parsed.header.mode == MODE_RANGE else None
                 if parsed.trailer.num_frames > DECODE_BLOCK_FRAMES:
-                    blocks = decode_blocks(model, parsed, priors, fingerprint=self.fingerprint)
+                    blocks = decode_blocks(self.streamer(), parsed, priors, fingerprint=self.fingerprint)
                     write_audio(job.output, blocks, self.sample_rate, subtype)
                     done[i] = self._outcome(job, parsed.trailer.num_frames, parsed.header.num_stages,
                                             parsed.trailer.num_samples)

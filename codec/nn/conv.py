@@ -40,41 +40,37 @@ class CausalConv1d(StreamingLayer):
         self.context = self.kernel_span - stride
         conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, groups=groups)
         self.conv = weight_norm(conv) if norm == "weight_norm" else conv
-        self._infer: tuple[tuple, list[Tensor], Tensor] | None = None
+        #: (dtype, taps, bias) computed once by ``prepare_taps`` (a streamer's snapshot), else None
+        self._prepared: tuple[torch.dtype, list[Tensor], Tensor] | None = None
 
     def reset_stream(self, streaming: bool) -> None:
         super().reset_stream(streaming)
-        self._infer = None  # a new stream re-checks the weights once
         self.__dict__["_fast_decision"] = None
 
     # ----- inference fast path --------------------------------------------------------------
     def _taps(self, dtype: torch.dtype) -> tuple[list[Tensor], Tensor]:
         """Weights prepared for the matmul convolution, in ``dtype``: a list of [C_out, C_in]
         per tap (stride 1) or [C_out, C_in * stride] per block of ``stride`` taps (kernel a
-        multiple of the stride, dilation 1), and the bias [C_out, 1].
-
-        Cached until a parameter changes: the key holds every parameter's storage and version
-        counter (optimizer steps, ``load_state_dict`` and in-place edits all bump it), so the
-        weight-norm product and the cast run once per weight version, not once per call.
-        """
-        cached = self._infer
-        if self._streaming and cached is not None and cached[0][0] == dtype:
-            # Within a stream the model is in inference and its weights are fixed: skip the key.
-            return cached[1], cached[2]
-        conv = self.conv
-        key = (dtype,) + tuple((p.data_ptr(), p._version) for p in conv.parameters())
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-        w = conv.weight.detach().to(dtype)  # [C_out, C_in, k] (weight-norm applied)
+        multiple of the stride, dilation 1), and the bias [C_out, 1]. The ones ``prepare_taps``
+        kept when it ran for this dtype, else computed from the current weights."""
+        prepared = self._prepared
+        if prepared is not None and prepared[0] == dtype:
+            return prepared[1], prepared[2]
+        w = self.conv.weight.detach().to(dtype)  # [C_out, C_in, k] (weight-norm applied)
         c_out, c_in, k = w.shape
         s = self.stride
         if s == 1:
             taps = [w[:, :, j].contiguous() for j in range(k)]
         else:  # block j covers taps j*s .. j*s+s-1, laid out (channel, offset) like _blocks
             taps = [w[:, :, j * s : (j + 1) * s].reshape(c_out, c_in * s).contiguous() for j in range(k // s)]
-        bias = conv.bias.detach().to(dtype).reshape(c_out, 1).contiguous()
-        self._infer = (key, taps, bias)
-        return taps, bias
+        return taps, self.conv.bias.detach().to(dtype).reshape(c_out, 1).contiguous()
+
+    def prepare_taps(self, dtype: torch.dtype) -> None:
+        """Compute the matmul taps in ``dtype`` once and keep them, for a layer whose weights no
+        longer change (a streamer's snapshot: the weight-norm product and the per-tap copies
+        then cost nothing per streamed chunk). Later weight changes are not seen."""
+        self._prepared = None
+        self._prepared = (dtype, *self._taps(dtype))
 
     def _fast_ok(self, x: Tensor) -> bool:
         """The matmul path serves inference (no autograd) on dense float inputs whose layout

@@ -10,7 +10,8 @@ One call of a step is one token frame (``hop`` samples, 20 ms at 16 kHz):
 
 Every state starts as zeros (its shape is in ``codec.json``) and each output state feeds the
 same-named input of the next call. The graphs are traced from the PyTorch streaming layers
-themselves (``torch.onnx.export``'s TorchScript tracer: the layers keep their state in plain
+of a float32 snapshot of the codec (``codec.runtime.snapshot``: its prepared weights and the
+stack's tables become constants of the graphs) (``torch.onnx.export``'s TorchScript tracer: the layers keep their state in plain
 attributes, which the torch.export-based exporter cannot follow), with the STFT's DFTs as
 matrix products (``codec.nn.stft.exporting``): what the PyTorch stream computes, up to float
 rounding. A synthesis with a look-ahead (``lookahead_samples`` in codec.json) puts that many
@@ -20,7 +21,6 @@ samples before sample 0 at the start of its output, and leaves the last ones in 
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import math
@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from codec.nn.stft import CausalISTFT
 from codec.nn.streaming import StreamingLayer, set_streaming
+from codec.runtime.snapshot import Snapshot
 
 ENCODER_FILE, DECODER_FILE, MANIFEST_FILE = "encoder_step.onnx", "decoder_step.onnx", "codec.json"
 #: The manifest's format tag and version (bumped when a field changes meaning).
@@ -84,19 +85,6 @@ def _spec(name: str, t: Tensor) -> dict:
     return {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
 
 
-@contextlib.contextmanager
-def _float32_inference(codec: nn.Module):
-    """The codec in eval mode, float32 weights (not int8) and the float32 encode, restored after."""
-    saved = (codec.training, codec.int8, codec.exact)
-    codec.eval()
-    codec.int8, codec.exact = False, False
-    try:
-        yield
-    finally:
-        codec.int8, codec.exact = saved[1], saved[2]
-        codec.train(saved[0])
-
-
 def export_onnx(codec: nn.Module, out_dir: str | Path, n_q: int | None = None) -> dict:
     """Write ``codec``'s (a ``codec.model.Codec``) encoder and decoder steps at ``n_q`` stages
     (all by default) and their manifest into ``out_dir`` (created; existing files of these
@@ -113,19 +101,21 @@ def export_onnx(codec: nn.Module, out_dir: str | Path, n_q: int | None = None) -
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    snap = Snapshot(codec, "fp32")
+
     def encode(audio: Tensor) -> Tensor:
-        return codec.quantizer.encode(codec.encoder(audio), n)[..., 0]
+        return snap.tables.encode(snap.encoder(audio), n)[..., 0]
 
     def decode(codes: Tensor) -> Tensor:
-        return codec.decoder(codec.quantizer.decode(codes[..., None]))
+        return snap.decoder(snap.tables.decode(codes[..., None]))
 
     audio = torch.zeros(1, 1, hop)
     codes = torch.zeros(1, n, dtype=torch.long)
     parts, carried = {}, {}
-    with _float32_inference(codec), torch.no_grad():
+    with torch.no_grad():
         for name, net, run, x, file, in_name, out_name in (
-                ("encoder", codec.encoder, encode, audio, ENCODER_FILE, "audio", "codes"),
-                ("decoder", codec.decoder, decode, codes, DECODER_FILE, "codes", "audio")):
+                ("encoder", snap.encoder, encode, audio, ENCODER_FILE, "audio", "codes"),
+                ("decoder", snap.decoder, decode, codes, DECODER_FILE, "codes", "audio")):
             step = _Step(net, run, x)
             carried[name] = step.carried
             names = [f"state{i}" for i in range(len(step.carried))]
@@ -141,10 +131,10 @@ def export_onnx(codec: nn.Module, out_dir: str | Path, n_q: int | None = None) -
                 set_streaming(net, False)
             parts[name] = {"file": file, "input": _spec(in_name, x), "output": _spec(out_name, step.output),
                            "states": [{**_spec(s, t), "next": f"next_{s}"} for s, t in zip(names, states)]}
-    istft = codec.decoder.istft
+    istft = snap.decoder.istft
     flush = None
     if istft.lookahead:  # the synthesis' partial sums: their first lookahead samples end the stream
-        flush = {"state": f"state{carried['decoder'].index(_layers(codec.decoder).index(istft))}",
+        flush = {"state": f"state{carried['decoder'].index(_layers(snap.decoder).index(istft))}",
                  "samples": istft.lookahead}
     manifest = {
         "format": FORMAT,

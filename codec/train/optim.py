@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.autograd.graph import increment_version
 
 from codec.train.config import TrainConfig
 from codec.train.schedule import LR_PARTS, Schedule, parse_schedules
@@ -24,18 +23,13 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 def _adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW over ``groups``: its fused kernel where this torch and these parameters take it
     (one pass over all parameters: about 3x faster than the per-tensor loop on a 2-core CPU,
-    same update up to float rounding), else the per-tensor loop.
-
-    The fused kernel writes the parameters without bumping their version counters, and the
-    inference caches (conv taps, codebook norms, a stage's tables, the native engine) and the
-    code search inside a training step are keyed on them: a post-step hook bumps every
-    parameter's counter, as the loop's in-place updates do."""
+    same update up to float rounding), else the per-tensor loop. Nothing reads the parameters'
+    version counters (which the fused kernel leaves alone): inference snapshots them instead
+    (``Codec.streamer``)."""
     try:
-        opt = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
     except (RuntimeError, TypeError, ValueError):  # older torch, or parameters it cannot fuse
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
-    opt.register_step_post_hook(lambda o, *_: increment_version([p for g in o.param_groups for p in g["params"]]))
-    return opt
 
 
 def part_of(name: str) -> str:

@@ -2,15 +2,15 @@
 
 ``FrameEngine(lib, net, quantizer, part, int8)`` copies the weights of ``net`` (a ConvNeXt
 encoder or decoder) and of the quantizer stack's stages into the layout ``frame_engine.c``
-reads (fp32, or int8 + scale; the stream runner keeps an engine between streams while its
-weights are unchanged and ``reset()``s it), holds the stream state (STFT samples, each
+reads (fp32, or int8 + scale), once: a streamer prepares its engines when it is made and
+``reset()``s them between streams. It holds the stream state (STFT samples, each
 block's depthwise history, the decoder's latent history and overlap tail, starting at zero
 like the PyTorch layers' buffers) and takes chunks of any length, one C call per chunk.
 ``load_state`` / ``store_state`` move the state from / to the PyTorch layers (their
 ``stream_state`` / ``load_stream_state``), so a stream can switch paths between chunks (the
 runner sends long chunks to PyTorch). The results equal the PyTorch streaming path's up to float summation
 order: codes agree except where two codewords are within rounding of each other, audio to
-~1e-6 (int8: see ``Codec.int8``).
+~1e-6 (int8: see ``codec.runtime.snapshot``).
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def _prime_factors(n: int) -> list[int]:
 class FrameEngine:
     """A stream of ``net`` (the ``part``, "encoder" or "decoder", of a codec whose
     ``unsupported`` is None) with the stages of ``quantizer``, through the native library
-    ``lib``; ``int8``: int8 weights with bfloat16 rounding (``Codec.int8``)."""
+    ``lib``; ``int8``: int8 weights with bfloat16 rounding (the "int8" precision)."""
 
     def __init__(self, lib: ctypes.CDLL, net: nn.Module, quantizer: ResidualQuantizer, part: str,
                  int8: bool = False) -> None:
@@ -192,18 +192,6 @@ class FrameEngine:
             io.load_stream_state(self._samples.clone().view(1, -1, io.sub_hop))
             io.skip = self._skip // io.sub_hop
             inp.load_stream_state(self._lat.t()[None].contiguous())
-
-    @staticmethod
-    def weights_key(net: nn.Module, quantizer: ResidualQuantizer, int8: bool) -> tuple | None:
-        """What the prepared weights depend on: the int8 switch and the storage and version
-        counter of every parameter and buffer of ``net`` and the quantizer (optimizer steps,
-        EMA updates, ``load_state_dict`` all change it); None for inference tensors, which
-        have no version counter (then nothing is reused)."""
-        tensors = [*net.parameters(), *net.buffers(), *quantizer.parameters(), *quantizer.buffers()]
-        try:
-            return (bool(int8),) + tuple((t.data_ptr(), t._version) for t in tensors)
-        except RuntimeError:
-            return None
 
     # ----- weights ------------------------------------------------------------------------
     def _ptr(self, t: Tensor, streamed: bool = False) -> int:
