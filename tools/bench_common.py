@@ -99,11 +99,14 @@ def model_and_clip(args: argparse.Namespace) -> tuple[Codec, torch.Tensor]:
     return model, 0.1 * torch.randn(1, 1, int(args.seconds * model.sample_rate), generator=gen)
 
 
-def finish(res: dict, text: str, json_path: str | None) -> dict:
-    """Print the Markdown ``text``, write ``res`` as JSON to ``json_path`` (if given); returns ``res``."""
-    print(text)
-    if json_path:
-        Path(json_path).write_text(json.dumps(res, indent=2) + "\n")
+def measure(args: argparse.Namespace, run: Callable[[argparse.Namespace], dict],
+            markdown: Callable[[dict], str]) -> dict:
+    """A script's whole run: ``res = run(args)``, its Markdown ``markdown(res)`` printed, ``res``
+    written as JSON to ``args.json`` (if given); returns ``res``."""
+    res = run(args)
+    print(markdown(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return res
 
 

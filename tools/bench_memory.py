@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args._memprobe:
         _memprobe(args._memprobe[0], float(args._memprobe[1]))
         return {}
-    res = run(args)
-    return common.finish(res, markdown(res), args.json)
+    return common.measure(args, run, markdown)
 
 
 if __name__ == "__main__":

@@ -150,9 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    res = run(args)
-    return common.finish(res, markdown(res), args.json)
+    return common.measure(parse_args(argv), run, markdown)
 
 
 if __name__ == "__main__":
