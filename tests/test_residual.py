@@ -553,6 +553,35 @@ def test_statistics_ema_dead_codes_key() -> None:
     assert "ema_dead_codes" not in stats[1]
 
 
+def test_statistics_collapse_measures_are_those_of_each_stages_codebook_and_inputs() -> None:
+    """statistics() reports per stage the norm spread of its codebook (in its search space)
+    and the effective rank of the rows it received in the last training forward, only those
+    dropout left active: equal to codec.quant.stats on the same tensors; NaN rank before any
+    training forward. Latents on a 2-dim plane give stage 1 an effective rank of at most 2."""
+    import math
+
+    from codec.quant.stats import effective_rank, norm_spread
+
+    rq = make_rvq("ste", n_stages=3, codebook_dim=4, dropout=0.9)
+    fresh = rq.statistics()
+    assert all(math.isnan(s["effective_rank"]) for s in fresh)
+    assert [s["norm_spread"] for s in fresh] == [norm_spread(st.quantizer.codebook()) for st in rq.stages]
+    rq.train()
+    torch.manual_seed(3)
+    b, f = 12, 50
+    z = torch.einsum("bkf,kd->bdf", torch.randn(b, 2, f), torch.randn(2, D))
+    out = rq(z)
+    stats, inputs = rq.statistics(), rq.last_inputs
+    assert inputs[0].shape == (b * f, 4)  # every item uses stage 1
+    for i in range(3):
+        assert inputs[i].shape[0] == int((out.n_q > i).sum()) * f  # the rows dropout kept
+        assert stats[i]["effective_rank"] == effective_rank(inputs[i])
+        assert stats[i]["norm_spread"] == norm_spread(rq.stages[i].quantizer.codebook()) > 0
+    assert int((out.n_q > 2).sum()) < b  # dropout removed some items from stage 3
+    assert 1.0 < stats[0]["effective_rank"] <= 2.0 + 1e-5
+    assert stats[1]["effective_rank"] > 2.0  # residuals leave the plane once codewords are subtracted
+
+
 def test_dead_codes_window_counts_steps_where_stage_was_dropped() -> None:
     """A training step in which a stage is dropped for every item is still a step of its
     window: dead_codes = K minus codes used in the last W steps (docs/quantizers.md section 8)."""

@@ -18,6 +18,8 @@ In eval mode the output is the plain sum of lookups, the same floats ``decode`` 
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +29,7 @@ from codec.quant import build_quantizer
 from codec.quant.config import QuantizerConfig, StageConfig
 from codec.quant.directional import directional_step, rotate_onto
 from codec.quant.distributed import all_reduce_sum
-from codec.quant.stats import UsageWindow, code_counts, stage_stats
+from codec.quant.stats import UsageWindow, code_counts, effective_rank, norm_spread, stage_stats
 from codec.quant.tables import StackTables
 
 
@@ -164,7 +166,7 @@ class ResidualQuantizer(nn.Module):
         sigma = 0.0
         # rows whose output is the input: a stage they use is a passthrough (SF-DiVeQ warm-up)
         identity = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        losses, codes, counts = [], [], []
+        losses, codes, counts, inputs = [], [], [], []
         for i, stage in enumerate(self.stages[:n_run]):
             active = row_nq > i
             if valid is not None:
@@ -193,6 +195,8 @@ class ResidualQuantizer(nn.Module):
             losses.append(out.loss)
             codes.append(out.codes)
             counts.append(code_counts(out.codes, stage.codebook_size, active))
+            if self.training:
+                inputs.append(p.detach()[active])
 
         if not self.training:
             quantized = hard_sum
@@ -210,6 +214,8 @@ class ResidualQuantizer(nn.Module):
             for stage, c in zip(self.stages, counts):
                 stage.usage.update(c)
         self.last_counts = [c.detach() for c in counts]
+        if self.training:  # what each stage received, for the collapse measures of ``statistics``
+            self.last_inputs = inputs
         stage_losses = torch.stack(losses)
         return RVQOutput(
             quantized=self._unrows(quantized, b, f),
@@ -236,12 +242,18 @@ class ResidualQuantizer(nn.Module):
     def statistics(self, counts: list[Tensor] | None = None) -> list[dict[str, float]]:
         """Per-stage perplexity / utilisation of ``counts`` (default: the last forward's) and,
         over the usage window, window_perplexity / window_utilisation / dead_codes; EMA stages
-        also report ema_dead_codes (#{N_k < threshold})."""
+        also report ema_dead_codes (#{N_k < threshold}). The collapse measures: norm_spread of
+        the stage's codebook (in its search space) and, after a training forward,
+        effective_rank of the vectors the stage received there (its active rows; NaN before
+        any training forward)."""
         counts = self.last_counts if counts is None else counts
+        inputs = getattr(self, "last_inputs", [])
         out = []
         for i, stage in enumerate(self.stages):
             c = counts[i] if counts is not None and i < len(counts) else torch.zeros(stage.codebook_size)
             s = stage_stats(c, stage.usage)
+            s["norm_spread"] = norm_spread(stage.quantizer.codebook())
+            s["effective_rank"] = effective_rank(inputs[i]) if i < len(inputs) else math.nan
             dead = stage.quantizer.dead_count()
             if dead is not None:
                 s["ema_dead_codes"] = float(dead)

@@ -16,7 +16,7 @@ from codec.train.losses import TERM_NAMES
 
 #: "loss" is the weighted total; the others are the unweighted terms.
 LOSS_NAMES = ["loss", *TERM_NAMES]
-STAGE_KEYS = ["perplexity", "utilisation", "dead_codes"]
+STAGE_KEYS = ["perplexity", "utilisation", "dead_codes", "norm_spread", "effective_rank"]
 
 
 def columns(num_stages: int) -> list[str]:
@@ -26,8 +26,10 @@ def columns(num_stages: int) -> list[str]:
 
 
 def stage_columns(stats: list[dict[str, float]]) -> dict[str, float]:
-    """Per-stage dicts with perplexity / utilisation / dead_codes -> flat s<i>_* columns."""
-    return {f"s{i + 1}_{k}": s[k] for i, s in enumerate(stats) for k in STAGE_KEYS}
+    """Per-stage dicts with perplexity / utilisation / dead_codes (and, on train rows, the
+    collapse measures norm_spread / effective_rank) -> flat s<i>_* columns (a measure a dict
+    lacks is left empty)."""
+    return {f"s{i + 1}_{k}": s.get(k, math.nan) for i, s in enumerate(stats) for k in STAGE_KEYS}
 
 
 class CSVLog:

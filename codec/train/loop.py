@@ -261,7 +261,8 @@ def log_train(run: Run, step: int, means: Tensor, grad_norm: float, audio_s_per_
     """One train row (main process): the mean losses since the last row (the logged terms),
     lr, gradient norm, throughput and each stage's window statistics."""
     stats = [{"perplexity": s["window_perplexity"], "utilisation": s["window_utilisation"],
-              "dead_codes": s["dead_codes"]} for s in run.codec.quantizer.statistics()]
+              "dead_codes": s["dead_codes"], "norm_spread": s["norm_spread"],
+              "effective_rank": s["effective_rank"]} for s in run.codec.quantizer.statistics()]
     logged = {"loss", *run.loss_fn.reported(with_quantizer=True)}
     row = {**{n: float(v) for n, v in zip(LOSS_NAMES, means) if n in logged},
            "lr": max(run.scheduler.get_last_lr()), "grad_norm": grad_norm,  # the largest part's
