@@ -333,6 +333,15 @@ def test_init_from_copies_a_saved_model_into_a_fresh_run(tmp_path: Path) -> None
         initialise_from(wider, str(tmp_path / "src"))
     with pytest.raises(ConfigError, match="init_from"):
         initialise_from(same, str(tmp_path / "nothing"))
+    # a field only the other architecture reads (SEANet's channels in a ConvNeXt model) does
+    # not block the copy; one the architecture reads does
+    convnext = REPO / "recipes" / "tiny_convnext.yaml"
+    Codec.from_config(convnext).save_pretrained(tmp_path / "cnx", training_state=False)
+    unread = Codec.from_config(deep_merge(load_recipe(convnext), {"model": {"channels": 7}}))
+    assert initialise_from(unread, str(tmp_path / "cnx")) == ["encoder", "decoder", "quantizer"]
+    read = Codec.from_config(deep_merge(load_recipe(convnext), {"model": {"mlp_ratio": 3}}))
+    with pytest.raises(ConfigError, match="mlp_ratio"):
+        initialise_from(read, str(tmp_path / "cnx"))
 
 
 def test_spectrum_term_compares_the_decoders_own_spectra_with_those_that_rebuild_the_target() -> None:

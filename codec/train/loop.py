@@ -12,6 +12,7 @@ non-Parameter state identical themselves, so DDP's per-step buffer broadcast is 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -27,6 +28,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from codec.config import ModelConfig
 from codec.model import Codec
 from codec.quant.distributed import broadcast_from_rank0
 from codec.quant.refit import fit_codebooks
@@ -125,6 +127,14 @@ def _make_trackers() -> list[str]:
     return ["tensorboard"]
 
 
+def network_fields(cfg: ModelConfig) -> dict:
+    """The configuration the encoder and decoder are built from: the audio format, the
+    architecture, the latent size and that architecture's own fields (a field only the other
+    architecture reads, such as SEANet's ``channels`` in a ConvNeXt model, is left out)."""
+    return {"sample_rate": cfg.sample_rate, "architecture": cfg.architecture, "latent_dim": cfg.latent_dim,
+            **dataclasses.asdict(cfg.architecture_config())}
+
+
 def initialise_from(codec: Codec, source: str, parts: list[str] | tuple[str, ...] = ("encoder", "decoder", "quantizer")
                     ) -> list[str]:
     """Copy a saved model's weights (``Codec.from_pretrained``: a directory or a shipped name)
@@ -138,8 +148,8 @@ def initialise_from(codec: Codec, source: str, parts: list[str] | tuple[str, ...
         src = Codec.from_pretrained(source)
     except Exception as exc:  # noqa: BLE001 - any failure to load (safetensors has its own errors) is one line
         raise ConfigError(f"train.init_from: {exc}") from None
-    ours, theirs = dict(codec.config), dict(src.config)
-    same_quantizer = ours.pop("quantizer") == theirs.pop("quantizer")
+    same_quantizer = codec.config["quantizer"] == src.config["quantizer"]
+    ours, theirs = network_fields(codec.cfg), network_fields(src.cfg)
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     if differ:
         raise ConfigError(f"train.init_from {source}: its model differs from the recipe's in "
