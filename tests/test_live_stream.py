@@ -5,6 +5,7 @@ ends on closed pipes and cut-off writers, one error line for damage, joining mid
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import re
@@ -411,14 +412,19 @@ def test_paced_writer_gets_output_within_latency(model: Codec) -> None:
 
 def test_reader_closing_early_ends_quietly(tmp_path: Path) -> None:
     """`| head -c 4000`: the decoder ends with exit 141 (as cat), the encoder with 141 or, when
-    it had already written everything, 0; no traceback anywhere."""
-    (tmp_path / "in.s16").write_bytes(s16(speech(4.0, index=4)))
+    it had already written everything, 0; no traceback anywhere. The decoder's pipe is one page
+    and its output 12 s (384 kB), so it cannot have written everything before the reader closes,
+    whatever a machine's default pipe size."""
+    (tmp_path / "in.s16").write_bytes(s16(speech(4.0, index=4)) * 3)
     with open(tmp_path / "in.s16", "rb") as f:
         enc = spawn("stream-encode", "-q", stdin=f)
-    dec = spawn("stream-decode", "-q", stdin=enc.stdout)
+    out_r, out_w = os.pipe()
+    fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, 4096)
+    dec = spawn("stream-decode", "-q", stdin=enc.stdout, stdout=out_w)
+    os.close(out_w)
     enc.stdout.close()
-    got = read_until(dec.stdout.fileno(), 4000)
-    dec.stdout.close()
+    got = read_until(out_r, 4000)
+    os.close(out_r)
     assert len(got) == 4000
     assert dec.wait(120) == 141 and enc.wait(120) in (0, 141)
     errors = dec.stderr.read() + enc.stderr.read()
