@@ -84,16 +84,20 @@ class Codec(nn.Module):
         restart counters: each module's ``TRAINING_STATE``); encode and decode never do."""
         return [f"quantizer.{key}" for key in self.quantizer.training_state_keys()]
 
-    def save_pretrained(self, directory: str | Path, training_state: bool = True) -> Path:
+    def save_pretrained(self, directory: str | Path, training_state: bool = True,
+                        weights_dtype: torch.dtype = torch.float32) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``.
 
         ``training_state=False`` leaves out ``training_state_keys()`` (for a shipped model: a
         third smaller with EMA stages; ``from_pretrained`` zeroes them, so training from such a
-        file starts those statistics afresh)."""
+        file starts those statistics afresh). ``weights_dtype`` is the dtype floating-point
+        tensors are stored in: ``torch.float16`` halves the file (``from_pretrained`` reads
+        them back into the model's float32, rounded as stored)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         skip = set() if training_state else set(self.training_state_keys())
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in skip}
+        state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}
         tmp = directory / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp))
         tmp.replace(directory / WEIGHTS_NAME)

@@ -233,6 +233,14 @@ def test_ship_model_writes_a_lean_shipped_model(shipped, capsys):
     trained, lean = Codec.from_pretrained(root / "trained"), Codec.from_pretrained("fresh")
     wav = torch.from_numpy(shipped["audio"])[None, None]
     assert torch.equal(lean.encode(wav), trained.encode(wav))
+    assert ship_model.main([str(root / "trained"), "half", "--float16"]) == 0
+    half = Codec.from_pretrained("half")
+    stored = (root / "pretrained" / "half" / "model.safetensors").stat().st_size
+    assert stored < 0.55 * (target / "model.safetensors").stat().st_size
+    for key, value in lean.state_dict().items():  # every float rounded to half precision, read back as float32
+        got = half.state_dict()[key]
+        assert got.dtype == value.dtype
+        assert torch.equal(got, value.half().float()) if value.is_floating_point() else torch.equal(got, value)
     assert ship_model.main([str(root / "missing"), "fresh"]) == 2
     assert ship_model.main([str(root / "trained"), "../bad"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -81,6 +81,43 @@ def test_the_history_recipes_resolve_to_the_shipped_models_configuration_and_the
     assert flat["quantizer"]["options"]["ema"] == shipped["quantizer"]["options"]["ema"]
 
 
+OLD_MODELS = REPO / "tests" / "data" / "models"
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in OLD_MODELS.iterdir()))
+def test_a_model_file_shipped_earlier_still_loads(folder: str, tmp_path: Path) -> None:
+    """tests/data/models/<shipped model>_<date>/ keeps an earlier shipped model's config.json and
+    its weight file's layout (every tensor's name, shape and dtype; the values stay in git
+    history). A file of that layout, filled with random values, loads with today's code: the
+    same configuration, every tensor kept as written, only training statistics added (zeros),
+    and it codes real speech."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    source = OLD_MODELS / folder
+    layout = json.loads((source / "weights.json").read_text())
+    gen = torch.Generator().manual_seed(0)
+    state = {name: (torch.randn(t["shape"], generator=gen) if t["dtype"] == "F32"
+                    else torch.rand(t["shape"], generator=gen) < 0.5)
+             for name, t in layout.items()}
+    assert {t["dtype"] for t in layout.values()} <= {"F32", "BOOL"}
+    shutil.copy(source / CONFIG_NAME, tmp_path / CONFIG_NAME)
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    model = Codec.from_pretrained(tmp_path)
+    assert model.config == json.loads((source / CONFIG_NAME).read_text())
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[name], value) for name, value in state.items())
+    added = set(loaded) - set(state)
+    assert added <= set(model.training_state_keys())
+    assert all(not loaded[name].any() for name in added)
+    wav = speech(1.0)
+    codes = model.encode(wav)
+    assert codes.shape == (1, model.num_stages, 50)
+    assert model.decode(codes).shape[-1] >= wav.shape[-1]
+
+
 @pytest.mark.parametrize("folder", ["history", "compare", "trials"])
 def test_the_recipes_kept_under_egs_build(folder: str) -> None:
     """Trial, comparison and history recipes moved out of recipes/ still resolve and build."""
