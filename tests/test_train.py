@@ -68,6 +68,51 @@ def test_every_trial_recipe_is_valid_and_its_schedule_lies_within_its_steps() ->
         assert all(0 <= s <= cfg.total_steps for s in steps), path
 
 
+def test_the_default_recipe_trains_as_the_trial_run_its_shipped_weights_come_from() -> None:
+    """recipes/speech16k.yaml (flat) continues egs/librispeech/trials/schedule_180.yaml (an
+    `extends` chain, the learn-faster trial whose run the default model continued): for every
+    step the trial ran, the two give the same lr to every part and the same value to every
+    schedule; every other training setting (the output folder and the run's length aside) and
+    everything the networks and the stack are built from (fields only another architecture or
+    another quantizer kind reads aside) are equal. So the trial's run is the first 16,500 steps
+    of the default recipe's."""
+    from codec.train.loop import network_fields
+    from codec.train.schedule import LR_PARTS, Schedule, TARGETS, parse_schedules
+
+    _, flat_model, flat = load_training_recipe(REPO / "recipes" / "speech16k.yaml")
+    _, trial_model, trial = load_training_recipe(REPO / "egs" / "librispeech" / "trials" / "schedule_180.yaml")
+    assert flat.total_steps > trial.total_steps
+    steps = range(trial.total_steps)
+    schedules = [parse_schedules(cfg.schedules) for cfg in (flat, trial)]
+    defaults = {"quantizer.dropout": trial_model.quantizer.dropout, "data.tone_fraction": trial.data.tone_fraction}
+    for target in TARGETS:
+        if target.startswith("loss."):
+            default = getattr(trial.loss, target[5:])
+        else:
+            default = defaults.get(target, 1.0)
+        values = [[sched.get(target, Schedule.constant(default))(int(k)) for k in steps] for sched in schedules]
+        assert values[0] == values[1], target
+    for part in LR_PARTS:
+        lrs = [[lr_factor(int(k), cfg.warmup_steps, cfg.lr_decay_steps or cfg.total_steps, cfg.min_lr_ratio)
+                * sched.get(f"lr.{part}", Schedule.constant(1.0))(int(k)) for k in steps]
+               for cfg, sched in zip((flat, trial), schedules)]
+        assert lrs[0] == lrs[1], part
+    flat_train, trial_train = dataclasses.asdict(flat), dataclasses.asdict(trial)
+    for settings in (flat_train, trial_train):
+        for key in ("out_dir", "total_steps", "lr_decay_steps", "schedules"):
+            settings.pop(key)
+        for group in ("data", "loss"):  # constants a schedule overrides are never read
+            for key in {**flat.schedules.get(group, {}), **trial.schedules.get(group, {})}:
+                settings[group].pop(key, None)
+    assert flat_train == trial_train
+    assert network_fields(flat_model) == network_fields(trial_model)
+    fq, tq = flat_model.quantizer, trial_model.quantizer
+    assert fq.kind == tq.kind == "ema"
+    for key in ("n_stages", "codebook_size", "codebook_dim", "dropout", "stats_window", "stages"):
+        assert getattr(fq, key) == getattr(tq, key), key
+    assert fq.options["ema"] == tq.options["ema"]
+
+
 def test_unknown_train_key_is_rejected() -> None:
     with pytest.raises(ConfigError, match="lrr"):
         load_training_recipe(TINY, ["lrr=1"])
@@ -502,6 +547,27 @@ def test_after_an_optimizer_step_inference_uses_the_new_weights(kind: str) -> No
         codes = model.encode(wav)
         assert torch.equal(codes, fresh.encode(wav))
         assert torch.equal(model.decode(codes), fresh.decode(codes))
+
+
+def test_lr_decay_steps_ends_the_cosine_early_and_the_part_multipliers_lift_the_floor() -> None:
+    """train.lr_decay_steps: the cosine reaches min_lr_ratio there and stays, whatever the run's
+    length; an lr.<part> schedule multiplies that floor (a continued run's second wind)."""
+    from codec.train.config import TrainConfig
+
+    model = torch.nn.ModuleDict({"decoder": torch.nn.Linear(4, 4)})
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, total_steps=200, lr_decay_steps=100, min_lr_ratio=0.1,
+                      schedules={"lr": {"decoder": [[100, 1.0], [150, 3.0]]}})
+    cfg.validate()
+    opt, sched = build_optimizer(model, cfg)
+    lrs = []
+    for _ in range(200):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[100] == pytest.approx(1e-4) and lrs[50] > lrs[99] > 1e-4
+    assert lrs[150] == pytest.approx(3e-4) and lrs[199] == pytest.approx(3e-4)
+    with pytest.raises(ConfigError, match="lr_decay_steps"):
+        TrainConfig(lr_decay_steps=-1).validate()
 
 
 def test_lr_warmup_then_cosine() -> None:

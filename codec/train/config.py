@@ -62,6 +62,7 @@ class TrainConfig:
     weight_average: float = 0.0  # > 0: decay of an EMA of the weights, used to validate and export
     weight_average_start: int = 0  # the average follows the weights exactly up to this step
     total_steps: int = 200_000
+    lr_decay_steps: int = 0  # > 0: the cosine reaches its floor here (and stays), else at total_steps
     max_minutes: float = 0.0  # > 0: stop (validate, checkpoint, export) after this much wall time
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     clip_grad_norm: float = 1.0  # 0: no clipping (the norm is still logged)
@@ -84,6 +85,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not self.lr_decay_steps >= 0:
+            raise ConfigError(f"train.lr_decay_steps must be >= 0 (0: total_steps), got {self.lr_decay_steps}")
         if not self.max_minutes >= 0:
             raise ConfigError(f"train.max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
         if len(self.betas) != 2:

@@ -42,8 +42,9 @@ def part_of(name: str) -> str:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``model``'s parameters (TrainStep or Codec) and its LambdaLR schedule: the
-    warm-up and cosine of ``lr_factor`` times, per part, the ``lr.<part>`` schedule of
-    ``train.schedules`` (1 without one).
+    warm-up and cosine of ``lr_factor`` (to its floor at ``train.lr_decay_steps``, else at
+    ``total_steps``) times, per part, the ``lr.<part>`` schedule of ``train.schedules`` (1
+    without one).
 
     Weight decay applies to conv / linear weights only: decaying biases, weight-norm gains or
     codebooks (which the quantizers keep at the scale of the latents) only hurts. Parameter
@@ -60,7 +61,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opt
     groups = [{"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "part": part}
               for (part, decays), params in buckets.items()]
     opt = _adamw(groups, cfg.lr, tuple(cfg.betas))
-    warmup, total, floor = cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio
+    warmup, total, floor = cfg.warmup_steps, cfg.lr_decay_steps or cfg.total_steps, cfg.min_lr_ratio
     schedules = parse_schedules(cfg.schedules)
     one = Schedule.constant(1.0)
 

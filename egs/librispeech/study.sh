@@ -19,8 +19,8 @@
 # training resumes.
 #
 # The neutral start (NEUTRAL, default exp/neutral/model): the learn-faster trial
-# egs/librispeech/trials/schedule_180.yaml at step 8,000, the end of its quantizer-bypassed
-# phase (the stack has not yet been used), exported with
+# egs/librispeech/trials/schedule_180.yaml (the default recipe's settings, recipes/speech16k.yaml)
+# at step 8,000, the end of its quantizer-bypassed phase (the stack has not yet been used), exported with
 #   python tools/export_checkpoint.py exp/trials/schedule_180 8000 exp/neutral/model
 # To make it afresh: codec train egs/librispeech/trials/schedule_180.yaml --out-dir exp/neutral_run
 # --set ckpt_every=8000 --set keep_last=2 (stop it after step 8,000; the data and every update
