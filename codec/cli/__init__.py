@@ -64,7 +64,8 @@ def _warnings_as_notes() -> Iterator[None]:
 
 
 def _quiet_stdout() -> None:
-    """After a broken pipe: point stdout at /dev/null so the interpreter's final flush is silent."""
+    """After a broken pipe or a stop: point stdout at /dev/null, so the interpreter's final flush
+    of what its buffer still holds neither fails nor blocks on a full pipe."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -95,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codec: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        _quiet_stdout()  # output abandoned: the exit's flush must not block on a pipe no one reads
         print("codec: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     except Terminated as e:
+        _quiet_stdout()
         print(f"codec: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:
