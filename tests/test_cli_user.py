@@ -222,8 +222,10 @@ def test_sigterm_and_sighup_leave_no_temporary_file(env, tmp_path, command, sig)
         assert main(["encode", env["long"], src, "--model", env["model"], "-q"]) == 0
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ
+    # SIGHUP at its default, even under nohup (codec keeps an ignored SIGHUP ignored, as it should)
     proc = subprocess.Popen([*EXE, command, src, "-", "--model", env["model"]], stdout=write_end,
-                            stderr=subprocess.PIPE, env=environment(TMPDIR=str(tmpdir)), cwd=REPO)
+                            stderr=subprocess.PIPE, env=environment(TMPDIR=str(tmpdir)), cwd=REPO,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     os.close(write_end)
     deadline = time.monotonic() + 120
     while not list(tmpdir.glob(".codec-*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
