@@ -93,7 +93,7 @@ def test_the_default_recipe_trains_as_the_trial_run_its_shipped_weights_come_fro
         values = [[sched.get(target, Schedule.constant(default))(int(k)) for k in steps] for sched in schedules]
         assert values[0] == values[1], target
     for part in LR_PARTS:
-        lrs = [[lr_factor(int(k), cfg.warmup_steps, cfg.lr_decay_steps or cfg.total_steps, cfg.min_lr_ratio)
+        lrs = [[lr_factor(int(k), cfg.warmup_steps, cfg.cosine_end, cfg.min_lr_ratio)
                 * sched.get(f"lr.{part}", Schedule.constant(1.0))(int(k)) for k in steps]
                for cfg, sched in zip((flat, trial), schedules)]
         assert lrs[0] == lrs[1], part

@@ -77,6 +77,11 @@ class TrainConfig:
     out_dir: str | None = None  # None: exp/<recipe name>
     mixed_precision: str = "auto"  # auto: bf16 on a GPU or an AMX CPU, else fp32; or no / bf16 / fp16
 
+    @property
+    def cosine_end(self) -> int:
+        """The step at which the lr cosine reaches its floor: lr_decay_steps, else total_steps."""
+        return self.lr_decay_steps or self.total_steps
+
     def validate(self) -> None:
         """Raise ConfigError on values that cannot train."""
         positive = ["batch_size", "grad_accum", "total_steps", "log_every", "val_every", "ckpt_every", "keep_last"]

@@ -61,7 +61,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opt
     groups = [{"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "part": part}
               for (part, decays), params in buckets.items()]
     opt = _adamw(groups, cfg.lr, tuple(cfg.betas))
-    warmup, total, floor = cfg.warmup_steps, cfg.lr_decay_steps or cfg.total_steps, cfg.min_lr_ratio
+    warmup, total, floor = cfg.warmup_steps, cfg.cosine_end, cfg.min_lr_ratio
     schedules = parse_schedules(cfg.schedules)
     one = Schedule.constant(1.0)
 
