@@ -84,7 +84,8 @@ def test_the_default_recipe_trains_as_the_trial_run_its_shipped_weights_come_fro
     assert flat.total_steps > trial.total_steps
     steps = range(trial.total_steps)
     schedules = [parse_schedules(cfg.schedules) for cfg in (flat, trial)]
-    defaults = {"quantizer.dropout": trial_model.quantizer.dropout, "data.tone_fraction": trial.data.tone_fraction}
+    defaults = {"quantizer.dropout": trial_model.quantizer.dropout, "data.tone_fraction": trial.data.tone_fraction,
+                "data.rumble_fraction": trial.data.rumble_fraction}
     for target in TARGETS:
         if target.startswith("loss."):
             default = getattr(trial.loss, target[5:])
@@ -201,6 +202,8 @@ def test_augmentation_settings_are_checked() -> None:
         load_training_recipe(TINY, ["data.tone_fraction=1.5"])
     with pytest.raises(ConfigError, match="tone_grid_hz"):
         load_training_recipe(TINY, ["data.tone_grid_hz=-50"])
+    with pytest.raises(ConfigError, match="rumble_fraction"):
+        load_training_recipe(TINY, ["data.rumble_fraction=-0.1"])
 
 
 def test_mixed_precision_takes_an_unquoted_no_from_the_command_line() -> None:
@@ -231,6 +234,33 @@ def test_tone_grid_puts_half_the_sines_on_multiples_of_it() -> None:
     rng = np.random.default_rng(0)
     crop = np.ones(100, np.float32)
     assert augment(crop, rng, 16000, tone_grid_hz=50.0) is crop and rng.random() == np.random.default_rng(0).random()
+
+
+def test_rumble_adds_only_content_below_50_hz_and_a_dc_offset(train_utts) -> None:
+    """rumble_fraction 1: every crop is its speech plus a signal whose spectrum lies below the
+    analysis's first bin (50 Hz) and whose mean is the drawn offset (|offset| <= 0.01, not all
+    zero); the speech draws (crop offsets, tones, gains) are those of a run without it, so a
+    rumble entering by schedule changes nothing else; rumble_fraction 0.3 rumbles about 30%."""
+    import numpy as np
+
+    from codec.train.data import draw_augmentation
+
+    plain = CropBatches(train_utts, 16000, 1.0, 8, seed=5, tone_fraction=0.5, tone_grid_hz=50.0)
+    rumbled = CropBatches(train_utts, 16000, 1.0, 8, seed=5, tone_fraction=0.5, tone_grid_hz=50.0, rumble_fraction=1.0)
+    for k in (0, 4):
+        a, b = plain[k]["audio"][:, 0].double(), rumbled[k]["audio"][:, 0].double()
+        d = (b - a).numpy()
+        assert not np.any(np.abs(b.numpy()) > 0.99 + 1e-6)
+        scaled = np.abs(b.numpy()).max(axis=1) >= 0.99 - 1e-6  # peak-limited crops are scaled as a whole
+        for i in np.flatnonzero(~scaled):
+            spec = np.abs(np.fft.rfft(d[i] * np.hanning(16000))) ** 2  # 1 Hz bins over 1 s
+            assert spec[60:].sum() < 1e-6 * spec.sum(), i
+        assert plain.draws(k)[0] == rumbled.draws(k)[0] and plain.draws(k)[1] == rumbled.draws(k)[1]
+    offsets = [a.offset for k in range(20) for a in rumbled.draws(k)[2]]
+    assert max(abs(o) for o in offsets) <= 0.01 and np.std(offsets) > 0.003
+    rng = np.random.default_rng(1)
+    share = np.mean([len(draw_augmentation(rng, 16000, rumble_fraction=0.3).rumble) > 0 for _ in range(1000)])
+    assert 0.25 < share < 0.35
 
 
 def test_validation_speakers_are_not_training_speakers(train_utts) -> None:

@@ -39,6 +39,7 @@ class DataConfig:
     gain_db: list = field(default_factory=lambda: [0.0, 0.0])  # random gain per crop, uniform in [lo, hi] dB
     tone_fraction: float = 0.0  # crops that get 1-3 sines added (half of them without the speech)
     tone_grid_hz: float = 0.0  # > 0: half the sines at multiples of it (the STFT bin spacing: still spectra)
+    rumble_fraction: float = 0.0  # crops that get sines below 50 Hz and a DC offset added (draw_augmentation)
     on_device: bool = False  # hold the training audio on the run's device and cut crops there (GPU runs)
 
 
@@ -104,6 +105,8 @@ class TrainConfig:
             raise ConfigError(f"train.data.tone_grid_hz must be >= 0, got {self.data.tone_grid_hz}")
         if not 0.0 <= self.data.tone_fraction <= 1.0:
             raise ConfigError(f"train.data.tone_fraction must be in [0, 1], got {self.data.tone_fraction}")
+        if not 0.0 <= self.data.rumble_fraction <= 1.0:
+            raise ConfigError(f"train.data.rumble_fraction must be in [0, 1], got {self.data.rumble_fraction}")
         if not self.init_parts or not set(self.init_parts) <= {"encoder", "decoder", "quantizer"}:
             raise ConfigError(f"train.init_parts must list some of encoder, decoder, quantizer, got {self.init_parts}")
         if self.mixed_precision is False:  # YAML reads an unquoted `no` (as --set gives it) as false

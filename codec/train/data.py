@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -154,17 +154,21 @@ def fit_length(x: np.ndarray, length: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Augmentation:
     """What ``draw_augmentation`` chose for one crop: sines as rows (frequency Hz, amplitude,
-    phase rad), whether they replace the speech (``pure``), and a linear gain."""
+    phase rad), whether they replace the speech (``pure``), a linear gain, and a rumble: sines
+below 50 Hz (rows as ``sines``) and a DC offset, always added to what the crop holds."""
 
     sines: np.ndarray  # float64 [n, 3], n = 0 for none
     pure: bool
     gain: float
+    rumble: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # sines below the first bin, as ``sines``
+    offset: float = 0.0  # a DC offset added with the rumble
 
 
 def draw_augmentation(rng: np.random.Generator, rate: int, gain_db: tuple[float, float] = (0.0, 0.0),
-                      tone_fraction: float = 0.0, tone_grid_hz: float = 0.0) -> Augmentation | None:
+                      tone_fraction: float = 0.0, tone_grid_hz: float = 0.0,
+                      rumble_fraction: float = 0.0) -> Augmentation | None:
     """The random choices for one training crop, from ``rng``; None (and nothing drawn) when
-    both augmentations are off.
+    every augmentation is off.
 
     With probability ``tone_fraction``, 1-3 sines (frequencies log-uniform over 50 Hz .. 0.45
     ``rate``, amplitudes log-uniform 0.02 .. 0.4 shared between them, random phases) are added,
@@ -173,9 +177,16 @@ def draw_augmentation(rng: np.random.Generator, rate: int, gain_db: tuple[float,
     multiple of it with probability 1/2: with the analysis bin spacing (sample rate / STFT
     window) such a sine's spectrum stands still from frame to frame, which random frequencies
     almost never give (a model trained without them decoded 1 kHz as near-silence while
-    passing 1010 Hz: the default model's card). Then a gain uniform in ``gain_db`` (dB)."""
+    passing 1010 Hz: the default model's card). Then a gain uniform in ``gain_db`` (dB).
+
+    Last, with probability ``rumble_fraction``, a rumble: 1-3 sines of 1-45 Hz (log-uniform,
+    amplitudes log-uniform 0.003 .. 0.1 shared between them, random phases) and a DC offset
+    uniform in +-0.01, added to the crop before the gain. Some recordings carry as much energy
+    below 20 Hz as in their speech (LibriSpeech test-other speaker 1688) and train-clean-100
+    hardly any: a codec that never heard such a rumble turned it into a DC offset of its own.
+    The draws of the augmentations before it do not depend on it."""
     lo, hi = gain_db
-    if not (tone_fraction > 0 or hi > lo or lo != 0):
+    if not (tone_fraction > 0 or hi > lo or lo != 0 or rumble_fraction > 0):
         return None
     sines, pure = np.zeros((0, 3)), False
     if tone_fraction > 0 and rng.random() < tone_fraction:
@@ -188,26 +199,37 @@ def draw_augmentation(rng: np.random.Generator, rate: int, gain_db: tuple[float,
         phases = rng.uniform(0, 2 * np.pi, n)
         sines, pure = np.stack([freqs, amps, phases], axis=1), bool(rng.random() < 0.5)
     gain = float(10.0 ** (rng.uniform(lo, hi) / 20.0)) if (hi > lo or lo != 0) else 1.0
+    if rumble_fraction > 0 and rng.random() < rumble_fraction:
+        n = int(rng.integers(1, 4))
+        freqs = np.exp(rng.uniform(np.log(1.0), np.log(45.0), n))
+        amps = np.exp(rng.uniform(np.log(0.003), np.log(0.1), n)) / n
+        rumble = np.stack([freqs, amps, rng.uniform(0, 2 * np.pi, n)], axis=1)
+        return Augmentation(sines, pure, gain, rumble, float(rng.uniform(-0.01, 0.01)))
     return Augmentation(sines, pure, gain)
 
 
 def apply_augmentation(x: Tensor, augs: list[Augmentation | None], rate: int) -> Tensor:
     """Crops float32 [B, T] (any device) and one ``draw_augmentation`` result per crop -> the
-    crops the codec learns from: sines added (or alone), the gain applied, and a crop so
+    crops the codec learns from: sines added (or alone), the rumble added, the gain applied, and a crop so
     changed whose peak passes 0.99 scaled down to it instead of clipping. The sines are
     computed in float64 on the crops' device (so on a GPU the audio never leaves it)."""
     if all(a is None for a in augs):
         return x
     out = x.clone()
     t = torch.arange(x.shape[-1], device=x.device, dtype=torch.float64) / rate
+
+    def sum_of(sines: np.ndarray) -> Tensor:
+        f, amp, ph = (torch.as_tensor(sines[:, j], device=x.device)[:, None] for j in range(3))
+        return (amp * torch.sin(2 * math.pi * f * t + ph)).sum(0).to(x.dtype)
+
     for i, a in enumerate(augs):
         if a is None:
             continue
         y = out[i]
         if len(a.sines):
-            f, amp, ph = (torch.as_tensor(a.sines[:, j], device=x.device)[:, None] for j in range(3))
-            tones = (amp * torch.sin(2 * math.pi * f * t + ph)).sum(0).to(x.dtype)
-            y = tones if a.pure else y + tones
+            y = sum_of(a.sines) if a.pure else y + sum_of(a.sines)
+        if len(a.rumble):
+            y = y + sum_of(a.rumble) + a.offset
         y = y * a.gain if a.gain != 1.0 else y
         peak = y.abs().max() if y.numel() else y.new_zeros(())
         out[i] = torch.where(peak > 0.99, y * (0.99 / peak.clamp_min(1e-12)), y)
@@ -215,11 +237,11 @@ def apply_augmentation(x: Tensor, augs: list[Augmentation | None], rate: int) ->
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, rate: int, gain_db: tuple[float, float] = (0.0, 0.0),
-            tone_fraction: float = 0.0, tone_grid_hz: float = 0.0) -> np.ndarray:
+            tone_fraction: float = 0.0, tone_grid_hz: float = 0.0, rumble_fraction: float = 0.0) -> np.ndarray:
     """One training crop float32 [T] -> the crop the codec learns from, drawn from ``rng``
     (``draw_augmentation``, then ``apply_augmentation``). With the defaults it returns ``x``
     itself and draws nothing."""
-    aug = draw_augmentation(rng, rate, gain_db, tone_fraction, tone_grid_hz)
+    aug = draw_augmentation(rng, rate, gain_db, tone_fraction, tone_grid_hz, rumble_fraction)
     if aug is None:
         return x
     return apply_augmentation(torch.from_numpy(np.ascontiguousarray(x))[None], [aug], rate)[0].numpy()
@@ -231,17 +253,20 @@ class CropBatches(Dataset):
     Position g = (k * world + rank) * batch + i walks through one seeded permutation of the
     utterances per epoch, so within an epoch no utterance is seen twice, on any rank; the crop
     offset of item i is drawn from a generator seeded with (seed, k, rank, i), and then
-    ``augment``'s choices (``gain_db``, ``tone_fraction``, ``tone_grid_hz``) from the same generator.
-    ``tone_fraction`` may be a ``Schedule`` of the optimizer step (micro-step k // ``grad_accum``),
-    so sine crops can enter late and the batch stays a pure function of k.
+    ``augment``'s choices (``gain_db``, ``tone_fraction``, ``tone_grid_hz``, ``rumble_fraction``) from
+    the same generator. ``tone_fraction`` and ``rumble_fraction`` may be ``Schedule``s of the optimizer
+    step (micro-step k // ``grad_accum``), so sine crops can enter late and the batch stays a pure function of k.
     Returns {"audio": float [B, 1, T] at ``rate``, "index": int64 [B] utterance indices}.
     """
 
     def __init__(self, utterances: list[Utterance], rate: int, crop_seconds: float, batch_size: int,
                  seed: int, rank: int = 0, world: int = 1, gain_db: tuple[float, float] = (0.0, 0.0),
-                 tone_fraction: float | Schedule = 0.0, tone_grid_hz: float = 0.0, grad_accum: int = 1) -> None:
+                 tone_fraction: float | Schedule = 0.0, tone_grid_hz: float = 0.0, grad_accum: int = 1,
+                 rumble_fraction: float | Schedule = 0.0) -> None:
         self.gain_db = (float(gain_db[0]), float(gain_db[1]))
         self.tone_fraction = tone_fraction if isinstance(tone_fraction, Schedule) else Schedule.constant(tone_fraction)
+        self.rumble_fraction = (rumble_fraction if isinstance(rumble_fraction, Schedule)
+                                else Schedule.constant(rumble_fraction))
         self.grad_accum = int(grad_accum)
         self.tone_grid_hz = float(tone_grid_hz)
         self.utterances = utterances
@@ -274,12 +299,12 @@ class CropBatches(Dataset):
         """Micro-step k's choices: utterance indices, crop start fractions (of the span a crop
         leaves free in its utterance) and augmentations, one each per item."""
         idx = self.indices(k)
-        tones = self.tone_fraction(k // self.grad_accum)
+        tones, rumble = self.tone_fraction(k // self.grad_accum), self.rumble_fraction(k // self.grad_accum)
         starts, augs = [], []
         for i in range(len(idx)):
             rng = np.random.default_rng([self.seed, k, self.rank, i])
             starts.append(float(rng.random()))
-            augs.append(draw_augmentation(rng, self.rate, self.gain_db, tones, self.tone_grid_hz))
+            augs.append(draw_augmentation(rng, self.rate, self.gain_db, tones, self.tone_grid_hz, rumble))
         return idx, starts, augs
 
     def __getitem__(self, k: int) -> dict[str, Tensor]:

@@ -223,10 +223,12 @@ def setup(recipe: str | Path, overrides: list[str] | None, out_dir: str | Path |
     log = CSVLog(out / "log.csv", codec.num_stages, resume_step=start if resume else None) if main else None
     schedules = parse_schedules(cfg.schedules)
     tones = schedules.get("data.tone_fraction", Schedule.constant(cfg.data.tone_fraction))
+    rumble = schedules.get("data.rumble_fraction", Schedule.constant(cfg.data.rumble_fraction))
     crops = (train_utts, codec.sample_rate, cfg.data.crop_seconds, cfg.batch_size, cfg.seed, rank, world,
              cfg.data.gain_db, tones, cfg.data.tone_grid_hz, cfg.grad_accum)
     # on_device: the same crops, cut from the audio held on the device
-    batches = DeviceCrops(*crops, device=accelerator.device) if cfg.data.on_device else CropBatches(*crops)
+    batches = (DeviceCrops(*crops, device=accelerator.device, rumble_fraction=rumble) if cfg.data.on_device
+               else CropBatches(*crops, rumble_fraction=rumble))
     return Run(cfg, out, accelerator, module, codec, optimizer, scheduler, loss_fn, valid, batches, start, log,
                schedules, average)
 
@@ -234,7 +236,7 @@ def setup(recipe: str | Path, overrides: list[str] | None, out_dir: str | Path |
 def apply_schedules(run: Run, step: int) -> None:
     """Set the loss weights and the quantizer dropout that ``train.schedules`` gives for the
     coming optimizer step (``step`` steps done). The lr multipliers live in the optimizer's
-    LambdaLR and the tone fraction in CropBatches, both keyed on the same count."""
+    LambdaLR and the tone and rumble fractions in CropBatches, all keyed on the same count."""
     for name, sched in run.schedules.items():
         kind, _, key = name.partition(".")
         if kind == "loss":

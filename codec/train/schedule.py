@@ -17,7 +17,7 @@ on the later one holds. Each schedule drives one target (``TARGETS``)::
 (nested as above, or with dotted names: ``loss.dc: ...``; ``--set schedules.loss.dc=[[0,0],[900,50]]``).
 
 A target without a schedule keeps its recipe value (``train.loss.<term>``,
-``model.quantizer.dropout``, ``train.data.tone_fraction``; lr multipliers 1).
+``model.quantizer.dropout``, ``train.data.tone_fraction`` / ``rumble_fraction``; lr multipliers 1).
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ from codec.train.losses import TERM_NAMES
 LR_PARTS = ("encoder", "decoder", "quantizer")
 #: Every name a schedule may drive.
 TARGETS = (*(f"loss.{t}" for t in TERM_NAMES), "quantizer.dropout", "data.tone_fraction",
-           *(f"lr.{p}" for p in LR_PARTS))
+           "data.rumble_fraction", *(f"lr.{p}" for p in LR_PARTS))
 #: Targets whose values are probabilities.
-_PROBABILITIES = ("quantizer.dropout", "data.tone_fraction")
+_PROBABILITIES = ("quantizer.dropout", "data.tone_fraction", "data.rumble_fraction")
 
 
 class Schedule:
