@@ -88,6 +88,14 @@ def test_killed_runs_resume_to_the_same_weights(reference: Path, tmp_path: Path)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key}: resumed run differs from the uninterrupted one"
+    # tools/export_checkpoint.py of the last step writes what the run exported (its weight
+    # average), --live the optimizer's weights, which differ from the average
+    tool = [sys.executable, str(REPO / "tools" / "export_checkpoint.py"), str(ref), "6"]
+    assert subprocess.run([*tool, str(tmp_path / "avg")], capture_output=True).returncode == 0
+    assert subprocess.run([*tool, str(tmp_path / "live"), "--live"], capture_output=True).returncode == 0
+    avg, live = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("avg", "live"))
+    assert avg.keys() == a.keys() and all(torch.equal(avg[k], a[k]) for k in a)
+    assert any(not torch.equal(live[k], a[k]) for k in a if k.startswith("encoder."))
     # the log is one history: each step once per split
     rows = [(r["step"], r["split"]) for r in read_log(out / "log.csv")]
     assert rows == [(r["step"], r["split"]) for r in read_log(reference / "log.csv")]
@@ -142,7 +150,8 @@ def test_wall_clock_budget_ends_the_run_like_its_last_step(tmp_path: Path) -> No
 
 SCHEDULED = ["quantizer_warmup_steps=2", "quantizer_fit_batches=2", "weight_average=0.6", "weight_average_start=1",
              "schedules.loss.level=[[0, 0], [4, 1]]", "schedules.quantizer.dropout=[[2, 0], [6, 0.5]]",
-             "schedules.lr.encoder=[[2, 1], [2, 0.2]]", "schedules.data.tone_fraction=[[3, 0], [3, 0.5]]"]
+             "schedules.lr.encoder=[[2, 1], [2, 0.2]]", "schedules.data.tone_fraction=[[3, 0], [3, 0.5]]",
+             "schedules.data.rumble_fraction=[[4, 0], [4, 0.5]]"]
 
 
 def test_a_scheduled_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
@@ -160,3 +169,11 @@ def test_a_scheduled_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     b = load_file(str(out / "model" / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key}: resumed run differs from the uninterrupted one"
+    # tools/export_checkpoint.py of the last step writes what the run exported (its weight
+    # average), --live the optimizer's weights, which differ from the average
+    tool = [sys.executable, str(REPO / "tools" / "export_checkpoint.py"), str(ref), "6"]
+    assert subprocess.run([*tool, str(tmp_path / "avg")], capture_output=True).returncode == 0
+    assert subprocess.run([*tool, str(tmp_path / "live"), "--live"], capture_output=True).returncode == 0
+    avg, live = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("avg", "live"))
+    assert avg.keys() == a.keys() and all(torch.equal(avg[k], a[k]) for k in a)
+    assert any(not torch.equal(live[k], a[k]) for k in a if k.startswith("encoder."))

@@ -4,7 +4,9 @@
     python tools/export_checkpoint.py exp/speech16k 12000 exp/speech16k_12000
 
 RUN is a `codec train --out-dir` folder (its recipe.yaml and checkpoints/step_<STEP>/);
-the model is written with its training state, as `codec train` exports its last step, so
+the model is written with its training state, as `codec train` exports its last step (the
+average of the weights where the run keeps one, `train.weight_average`; `--live` writes the
+optimizer's own weights instead), so
 `codec eval`, `tools/refit_codebooks.py` and `tools/ship_model.py` take it. Bad input ends
 with one ``export_checkpoint: error:`` line and exit code 2.
 """
@@ -16,15 +18,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import torch
 from safetensors.torch import load_file
 
 from codec.model import Codec
 from codec.train.config import ConfigError, load_training_recipe
 
 
-def export(run: Path, step: int, out: Path) -> Path:
-    """Write the model of ``run``'s checkpoint ``step`` to ``out``; returns ``out``."""
-    weights = run / "checkpoints" / f"step_{step:08d}" / "model.safetensors"
+def saved_average(checkpoint: Path) -> dict[str, torch.Tensor] | None:
+    """The weight average a checkpoint folder holds (``WeightAverage.state_dict``'s "shadow":
+    parameter name -> tensor), or None when the run kept none."""
+    for path in sorted(checkpoint.glob("custom_checkpoint_*.pkl")):
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint files
+        if isinstance(state, dict) and "shadow" in state:
+            return state["shadow"]
+    return None
+
+
+def export(run: Path, step: int, out: Path, live: bool = False) -> Path:
+    """Write the model of ``run``'s checkpoint ``step`` to ``out`` (its weight average where
+    the run keeps one, unless ``live``); returns ``out``."""
+    checkpoint = run / "checkpoints" / f"step_{step:08d}"
+    weights = checkpoint / "model.safetensors"
     if not weights.is_file():
         raise ConfigError(f"{weights}: no such checkpoint")
     if out.exists():
@@ -33,6 +48,12 @@ def export(run: Path, step: int, out: Path) -> Path:
     codec = Codec(model_cfg)
     # The checkpoint holds the TrainStep wrapper's state: keys start with "codec.".
     state = {k.removeprefix("codec."): v for k, v in load_file(str(weights)).items()}
+    average = None if live else saved_average(checkpoint)
+    if average is not None:
+        missing = set(average) - set(state)
+        if missing:
+            raise ConfigError(f"{checkpoint}: its weight average names parameters the model lacks: {sorted(missing)[:3]}")
+        state.update(average)
     codec.load_state_dict(state, strict=True)
     codec.save_pretrained(out)
     return out
@@ -44,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path, help="a codec train output folder")
     p.add_argument("step", type=int, help="the checkpoint's step")
     p.add_argument("out", type=Path, help="new model directory")
+    p.add_argument("--live", action="store_true",
+                   help="the optimizer's own weights, not the run's weight average")
     args = p.parse_args(argv)
     try:
-        export(args.run, args.step, args.out)
+        export(args.run, args.step, args.out, live=args.live)
     except (ConfigError, OSError, RuntimeError) as exc:
         print(f"export_checkpoint: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
