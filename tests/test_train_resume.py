@@ -88,14 +88,6 @@ def test_killed_runs_resume_to_the_same_weights(reference: Path, tmp_path: Path)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key}: resumed run differs from the uninterrupted one"
-    # tools/export_checkpoint.py of the last step writes what the run exported (its weight
-    # average), --live the optimizer's weights, which differ from the average
-    tool = [sys.executable, str(REPO / "tools" / "export_checkpoint.py"), str(ref), "6"]
-    assert subprocess.run([*tool, str(tmp_path / "avg")], capture_output=True).returncode == 0
-    assert subprocess.run([*tool, str(tmp_path / "live"), "--live"], capture_output=True).returncode == 0
-    avg, live = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("avg", "live"))
-    assert avg.keys() == a.keys() and all(torch.equal(avg[k], a[k]) for k in a)
-    assert any(not torch.equal(live[k], a[k]) for k in a if k.startswith("encoder."))
     # the log is one history: each step once per split
     rows = [(r["step"], r["split"]) for r in read_log(out / "log.csv")]
     assert rows == [(r["step"], r["split"]) for r in read_log(reference / "log.csv")]
