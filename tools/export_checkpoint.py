@@ -22,16 +22,17 @@ import torch
 from safetensors.torch import load_file
 
 from codec.model import Codec
+from codec.train.average import WeightAverage
 from codec.train.config import ConfigError, load_training_recipe
 
 
-def saved_average(checkpoint: Path) -> dict[str, torch.Tensor] | None:
-    """The weight average a checkpoint folder holds (``WeightAverage.state_dict``'s "shadow":
-    parameter name -> tensor), or None when the run kept none."""
+def saved_average(checkpoint: Path) -> dict | None:
+    """The weight average a checkpoint folder holds (``WeightAverage.state_dict()``), or None
+    when the run kept none."""
     for path in sorted(checkpoint.glob("custom_checkpoint_*.pkl")):
         state = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint files
         if isinstance(state, dict) and "shadow" in state:
-            return state["shadow"]
+            return state
     return None
 
 
@@ -48,14 +49,18 @@ def export(run: Path, step: int, out: Path, live: bool = False) -> Path:
     codec = Codec(model_cfg)
     # The checkpoint holds the TrainStep wrapper's state: keys start with "codec.".
     state = {k.removeprefix("codec."): v for k, v in load_file(str(weights)).items()}
-    average = None if live else saved_average(checkpoint)
-    if average is not None:
-        missing = set(average) - set(state)
-        if missing:
-            raise ConfigError(f"{checkpoint}: its weight average names parameters the model lacks: {sorted(missing)[:3]}")
-        state.update(average)
     codec.load_state_dict(state, strict=True)
-    codec.save_pretrained(out)
+    saved = None if live else saved_average(checkpoint)
+    if saved is None:
+        codec.save_pretrained(out)
+        return out
+    average = WeightAverage(codec, decay=0.5)  # the decay only matters to updates; none are made here
+    try:
+        average.load_state_dict(saved)
+    except KeyError as exc:
+        raise ConfigError(f"{checkpoint}: its weight average names a parameter the model lacks: {exc}") from None
+    with average.swapped_in(codec):  # as codec train exports its last step
+        codec.save_pretrained(out)
     return out
 
 

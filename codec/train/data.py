@@ -264,9 +264,7 @@ class CropBatches(Dataset):
                  tone_fraction: float | Schedule = 0.0, tone_grid_hz: float = 0.0, grad_accum: int = 1,
                  rumble_fraction: float | Schedule = 0.0) -> None:
         self.gain_db = (float(gain_db[0]), float(gain_db[1]))
-        self.tone_fraction = tone_fraction if isinstance(tone_fraction, Schedule) else Schedule.constant(tone_fraction)
-        self.rumble_fraction = (rumble_fraction if isinstance(rumble_fraction, Schedule)
-                                else Schedule.constant(rumble_fraction))
+        self.tone_fraction, self.rumble_fraction = Schedule.of(tone_fraction), Schedule.of(rumble_fraction)
         self.grad_accum = int(grad_accum)
         self.tone_grid_hz = float(tone_grid_hz)
         self.utterances = utterances

@@ -59,6 +59,11 @@ class Schedule:
         """The schedule that is ``value`` at every step."""
         return cls([[0, value]])
 
+    @classmethod
+    def of(cls, value: float | Schedule) -> Schedule:
+        """``value`` itself if it is a schedule, else the constant schedule of it."""
+        return value if isinstance(value, Schedule) else cls.constant(value)
+
     def __call__(self, step: int) -> float:
         """The value at ``step`` (an int >= 0): linear between the points around it."""
         i = bisect.bisect_right(self.steps, step)  # points at or before step: [0, i)
