@@ -2,16 +2,19 @@
 stand-in codecs whose answer is known, and on the shipped default model."""
 from __future__ import annotations
 
+import json
 import math
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import speech
+from conftest import REPO, data_root, speech, tiny_model
 
 from codec import Codec
 from codec.eval.faithfulness import (
     TONE_AMPLITUDE,
+    Unquantized,
     decode_through,
     level_db,
     speech_faithfulness,
@@ -69,3 +72,46 @@ def test_the_shipped_model_passes_tones_off_the_bin_grid_and_keeps_the_dc_offset
         x = speech(3.0, index=index)[0, 0].numpy()
         r = speech_faithfulness(x, decode_through(model, x))
         assert abs(r["dc_error"]) <= 0.002 and abs(r["level_error_db"]) <= 1.5, (index, r)
+
+
+def test_the_unquantized_view_is_the_autoencoder_alone() -> None:
+    """Unquantized(model) round-trips through encoder -> decoder with no stage: the same samples
+    as Codec.forward(quantize=False), not those of the 4-stage codes, and the model's mode
+    (training here) is left as it was."""
+    torch.manual_seed(0)
+    model = tiny_model("ste").train()
+    x = speech(1.0)[0, 0].numpy()
+    y = decode_through(Unquantized(model), x)
+    assert model.training
+    with torch.inference_mode():
+        model.eval()
+        direct = model(torch.from_numpy(x)[None, None], quantize=False).audio[0, 0].numpy()
+        quantized = decode_through(model, x)
+    assert y.shape == x.shape and np.array_equal(y, direct)
+    assert np.abs(y - quantized).max() > 1e-3 * np.abs(quantized).max()
+
+
+def test_the_faithfulness_tool_measures_chosen_tones_on_crops_and_refuses_bad_lists(tmp_path, capsys) -> None:
+    """tools/faithfulness.py: --tones, --seconds and --unquantized reach the JSON (one gain per
+    named frequency, dB, as tone_gains gives for the autoencoder alone; speech measured on 1 s
+    crops); a bad frequency list is one error line and exit code 2."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import faithfulness as tool
+
+    model = tiny_model("ste").eval()
+    model.save_pretrained(tmp_path / "m")
+    out = tmp_path / "f.json"
+    data = data_root() / "test-other"
+    assert tool.main([str(tmp_path / "m"), "--data", str(data), "--limit", "2", "--seconds", "1",
+                      "--tones", "1010,3033", "--unquantized", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    want = tone_gains(Unquantized(model), frequencies=(1010, 3033))
+    assert got["files"] == 2 and list(got["tone_gain_db"]) == ["1010", "3033"]
+    assert got["tone_gain_db"]["3033"] == pytest.approx(want[3033], abs=1e-6)
+    x = speech(1.0, index=0)[0, 0].numpy()
+    first = speech_faithfulness(x, decode_through(Unquantized(model), x))
+    assert abs(got["max_abs_dc_error"]) >= abs(first["dc_error"]) - 1e-9
+    assert "(unquantized)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:
+        tool.main([str(tmp_path / "m"), "--tones", "1k,2k"])
+    assert bad.value.code == 2 and "not a comma-separated list" in capsys.readouterr().err

@@ -5,6 +5,8 @@ input did not have, a level change, and tones that do not come back.
 ``tone_gains`` sends pure tones through and returns their output/input level in dB.
 ``decode_through`` is the round trip both use: the model's offline encode and decode at its
 full bitrate (the codes a bitstream would carry), trimmed to the input's length.
+``Unquantized(model)`` puts the same measurements on the model's autoencoder alone (the
+quantizer bypassed), which tells a loss in the stack from one in the encoder or decoder.
 """
 from __future__ import annotations
 
@@ -25,6 +27,28 @@ def decode_through(model, x: np.ndarray, n_q: int | None = None) -> np.ndarray:
         wav = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
         y = model.decode(model.encode(wav, n_q))
     return y[0, 0, : len(x)].numpy()
+
+
+class Unquantized:
+    """A ``Codec`` seen through its quantizer-bypassed path, with the encode / decode interface
+    the functions here use: ``encode`` keeps the audio float [B, 1, T] as it is and ``decode``
+    runs encoder -> decoder on it with no stage in between (``Codec.forward(quantize=False)``,
+    the path the unquantized validation score takes) -> float [B, 1, T]."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.sample_rate = model.sample_rate
+
+    def encode(self, wav: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+        return wav
+
+    def decode(self, wav: torch.Tensor) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.model(wav, quantize=False).audio
+        finally:
+            self.model.train(was_training)
 
 
 def level_db(x: np.ndarray) -> float:
