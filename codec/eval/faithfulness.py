@@ -40,9 +40,12 @@ class Unquantized:
         self.sample_rate = model.sample_rate
 
     def encode(self, wav: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+        """Audio float [B, 1, T] -> the same tensor (``n_q`` is ignored: there is no stage)."""
         return wav
 
     def decode(self, wav: torch.Tensor) -> torch.Tensor:
+        """Audio float [B, 1, T] -> decoder(encoder(audio)) float [B, 1, T], in eval mode (the
+        model's own mode restored after)."""
         was_training = self.model.training
         self.model.eval()
         try:
