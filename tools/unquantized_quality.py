@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import numpy as np
-import torch
 
 from codec.audio_io import AudioError, read_audio
 from codec.cli.common import CLIError, load_model
+from codec.eval.faithfulness import Unquantized, decode_through
 from codec.eval.metrics import score, to_metric_rate
 from codec.files.estimate import audio_files
 from codec.model import Codec
@@ -36,12 +36,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "LibriS
 def unquantized_scores(model: Codec, files: list[Path]) -> list[dict[str, float]]:
     """Per file: the metrics of decoder(encoder(x)) against x (both at 16 kHz)."""
     out = []
-    with torch.inference_mode():
-        for path in files:
-            x = read_audio(str(path), model.sample_rate)
-            wav = torch.from_numpy(x)[None, None]
-            y = model.decoder(model.encoder(model._pad(wav)))[0, 0, : len(x)].numpy()
-            out.append(score(to_metric_rate(x, model.sample_rate), to_metric_rate(y, model.sample_rate)))
+    for path in files:
+        x = read_audio(str(path), model.sample_rate)
+        y = decode_through(Unquantized(model), x)
+        out.append(score(to_metric_rate(x, model.sample_rate), to_metric_rate(y, model.sample_rate)))
     return out
 
 
