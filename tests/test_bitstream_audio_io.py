@@ -68,3 +68,48 @@ def test_write_is_atomic(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_audio(str(out), [tone(16000)], 16000, "FLOAT")
     np.testing.assert_array_equal(sf.read(out, dtype="float32")[0], tone(16000))
+
+
+class _ShortWriter:
+    """A writer that takes at most ``most`` bytes a call and says so (as a buffered writer on a
+    pipe does when the pipe fills and its reader leaves), then raises BrokenPipeError once
+    ``limit`` bytes have gone in, if a limit is given."""
+
+    def __init__(self, most: int, limit: int | None = None) -> None:
+        self.most, self.limit, self.got = most, limit, bytearray()
+
+    def write(self, data) -> int:
+        if self.limit is not None and len(self.got) >= self.limit:
+            raise BrokenPipeError(32, "Broken pipe")
+        taken = bytes(data[: self.most])
+        self.got += taken
+        return len(taken)
+
+
+def test_write_all_and_copy_all_write_every_byte_through_short_writes():
+    import io
+
+    from codec.bitstream.atomic import copy_all, write_all
+
+    data = np.random.default_rng(0).integers(0, 256, 200_003, dtype=np.uint8).tobytes()
+    out = _ShortWriter(most=65_536)
+    write_all(out, data)
+    assert bytes(out.got) == data
+    out = _ShortWriter(most=1000)
+    copy_all(io.BytesIO(data), out, chunk=4096)
+    assert bytes(out.got) == data
+    # A writer that writes all and returns None (some raw streams do) is taken at its word.
+    sink = io.BytesIO()
+    write_all(type("W", (), {"write": lambda self, d: sink.write(d) and None})(), data[:10])
+    assert sink.getvalue() == data[:10]
+
+
+def test_write_all_raises_when_the_reader_leaves_part_way():
+    """The case CI met: the first write reports the 65,536 bytes that fitted in the pipe, and only
+    the next one finds the reader gone; a plain ``write`` returned quietly and the command ended 0."""
+    from codec.bitstream.atomic import write_all
+
+    out = _ShortWriter(most=65_536, limit=65_536)
+    with pytest.raises(BrokenPipeError):
+        write_all(out, bytes(384_000))
+    assert len(out.got) == 65_536

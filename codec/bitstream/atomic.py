@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import sys
 import tempfile
@@ -37,11 +36,11 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
             yield f
         if path == "-":
             with open(tmp, "rb") as src:
-                shutil.copyfileobj(src, sys.stdout.buffer)
+                copy_all(src, sys.stdout.buffer)
             sys.stdout.buffer.flush()
         elif stream:
             with open(tmp, "rb") as src, open(path, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+                copy_all(src, dst)
         else:
             try:
                 os.replace(tmp, path)
@@ -50,6 +49,25 @@ def atomic_output(path: str) -> Iterator[BinaryIO]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_all(out: BinaryIO, data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` to ``out`` or raise.
+
+    A buffered writer may return a short count instead: CPython's does when a pipe's reader goes
+    away part-way through a large write (the kernel reports the bytes that fitted, not EPIPE),
+    and ``shutil.copyfileobj`` ignores the count, so a closed pipe could pass for a complete
+    output. Writing the rest again raises BrokenPipeError then (or goes on, after a signal)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = out.write(view)
+        view = view[len(view) if written is None else written:]  # None: a writer that writes all
+
+
+def copy_all(src: BinaryIO, dst: BinaryIO, chunk: int = 1 << 16) -> None:
+    """Copy ``src`` from its position to its end into ``dst`` with ``write_all``."""
+    while block := src.read(chunk):
+        write_all(dst, block)
 
 
 def is_special(path: str) -> bool:

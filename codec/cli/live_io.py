@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Iterator
 
+from codec.bitstream.atomic import write_all
 from codec.cli.common import CLIError
 
 #: Raw PCM sample formats (little-endian, mono): signed 16-bit and 32-bit float.
@@ -61,11 +62,11 @@ def read_chunks(size: int = READ_SIZE) -> Iterator[bytes]:
 
 
 def write_now(data: bytes) -> None:
-    """Write ``data`` to stdout and flush it at once (a closed pipe raises BrokenPipeError,
+    """Write all of ``data`` to stdout and flush it at once (a closed pipe raises BrokenPipeError,
     which the command line turns into a quiet exit 141)."""
     if data:
         out = sys.stdout.buffer
-        out.write(data)
+        write_all(out, data)
         out.flush()
 
 
