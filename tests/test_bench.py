@@ -16,11 +16,11 @@ from codec.nn.conv import CausalConv1d
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))  # the scripts import bench_common as their neighbour
 
-import bench_common  # noqa: E402
-import bench_memory  # noqa: E402
-import bench_offline  # noqa: E402
-import bench_streaming  # noqa: E402
-import bench_train  # noqa: E402
+import bench_common
+import bench_memory
+import bench_offline
+import bench_streaming
+import bench_train
 
 TINY, TINY_CONVNEXT = str(REPO / "recipes" / "tiny.yaml"), str(REPO / "recipes" / "tiny_convnext.yaml")
 

@@ -77,7 +77,7 @@ def test_the_default_recipe_trains_as_the_trial_run_its_shipped_weights_come_fro
     another quantizer kind reads aside) are equal. So the trial's run is the first 16,500 steps
     of the default recipe's."""
     from codec.train.loop import network_fields
-    from codec.train.schedule import LR_PARTS, Schedule, TARGETS, parse_schedules
+    from codec.train.schedule import LR_PARTS, TARGETS, Schedule, parse_schedules
 
     _, flat_model, flat = load_training_recipe(REPO / "recipes" / "speech16k.yaml")
     _, trial_model, trial = load_training_recipe(REPO / "egs" / "librispeech" / "trials" / "schedule_180.yaml")

@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from codec import Codec  # noqa: E402
-from codec.nn.conv import CausalConv1d  # noqa: E402
+from codec import Codec
+from codec.nn.conv import CausalConv1d
 
 ALL = "all"
 

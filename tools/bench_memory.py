@@ -20,9 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bench_common as common
 import torch
 
-import bench_common as common
 from codec import Codec
 
 

@@ -19,10 +19,10 @@ import argparse
 import math
 import os
 
+import bench_common as common
 import numpy as np
 import torch
 
-import bench_common as common
 from codec import Codec
 
 

@@ -25,10 +25,10 @@ import statistics
 import tempfile
 import time
 
+import bench_common as common
 import torch
 from torch import nn
 
-import bench_common as common
 from codec import Codec
 from codec.runtime import native
 from codec.runtime.native.engine import unsupported

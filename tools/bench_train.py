@@ -19,9 +19,9 @@ import argparse
 import os
 import statistics
 
+import bench_common as common
 import torch
 
-import bench_common as common
 from codec import Codec
 
 

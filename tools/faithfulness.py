@@ -27,7 +27,13 @@ import numpy as np
 
 from codec.audio_io import AudioError, read_audio
 from codec.cli.common import CLIError, load_model
-from codec.eval.faithfulness import TONE_FREQUENCIES, Unquantized, decode_through, speech_faithfulness, tone_gains
+from codec.eval.faithfulness import (
+    TONE_FREQUENCIES,
+    Unquantized,
+    decode_through,
+    speech_faithfulness,
+    tone_gains,
+)
 from codec.files.estimate import audio_files
 from codec.recipe import ConfigError
 

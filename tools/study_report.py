@@ -42,8 +42,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from codec.eval import plots
-from codec.eval.report import (Point, aggregate, fmt, fmt_ci, paired_bootstrap, read_results, summary_markdown,
-                               write_results)
+from codec.eval.report import (
+    Point,
+    aggregate,
+    fmt,
+    fmt_ci,
+    paired_bootstrap,
+    read_results,
+    summary_markdown,
+    write_results,
+)
 from codec.eval.sweep import ENTROPY_SUFFIX
 from codec.train.logging import read_log
 

@@ -19,7 +19,6 @@ In eval mode the output is the plain sum of lookups, the same floats ``decode`` 
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import torch
