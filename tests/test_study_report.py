@@ -196,3 +196,31 @@ def test_help_explains(capsys: pytest.CaptureFixture) -> None:
     assert stop.value.code == 0
     out = capsys.readouterr().out
     assert "REGIME_KIND_REMEDIES" in out and "--reference" in out and "dead_codes_<r>.png" in out
+
+
+def test_replicate_pairs_each_run_against_its_other_start(study: Path, tmp_path_factory) -> None:
+    """--replicate: the same runs from another start. Here a_ste_off's other start scored 0.05
+    lower on every utterance and a_ema_on's 0.2 higher on utterance 0 only; b_ema_on has no
+    replicate and a_ste_on is the replicate's alone: neither is paired."""
+    other = tmp_path_factory.mktemp("first_start")
+    write_run(other, "a_ste_off", lambda i: 0.05)
+    write_run(other, "a_ema_on", lambda i: 0.2 if i == 0 else 0.0)
+    write_run(other, "a_ste_on", lambda i: 0.0)
+    tool = load_tool()
+    assert tool.main([str(study), "--replicate", str(other)]) == 0
+    rows = {(r["run"], r["kbps"]): r for r in tool.replicate_rows(
+        read_results(study / "results.csv"), tool.read_runs(other)[1], tool.find_runs(study))}
+    assert set(rows) == {(run, k) for run in ("a_ema_on", "a_ste_off") for k in (1.5, 3.0, 6.0)}
+    for kbps in (1.5, 3.0, 6.0):
+        ste, ema = rows[("a_ste_off", kbps)], rows[("a_ema_on", kbps)]
+        assert ste["mean"] == pytest.approx(0.05) and (ste["better"], ste["n"]) == (5, 5)
+        assert ema["mean"] == pytest.approx(-0.2 / 5) and (ema["better"], ema["n"]) == (0, 5)
+        assert -0.2 - 1e-9 <= ema["lo"] < ema["mean"] < ema["hi"] <= 1e-9
+    summary = (study / "summary.md").read_text()
+    section = summary.split(f"## The same runs from another start ({other.name})")[1].split("\n## ")[0]
+    assert "| a_ste_off | 6 | +0.050 | +0.050 .. +0.050 | 5/5 |" in section
+    assert "b_ema_on" not in section and "a_ste_on" not in section
+    # without --replicate there is no such section; a replicate folder without runs is bad input
+    assert tool.main([str(study)]) == 0 and "another start" not in (study / "summary.md").read_text()
+    empty = tmp_path_factory.mktemp("empty")
+    assert tool.main([str(study), "--replicate", str(empty)]) == 2

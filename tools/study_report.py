@@ -2,6 +2,7 @@
 and figures of codebook health during training.
 
     python tools/study_report.py egs/librispeech/results/study [--reference a_ema_on]
+        [--replicate egs/librispeech/results/study_first_neutral]
 
 Input: FOLDER/<run>/results.csv for every evaluated run (``codec eval`` on test-other, system
 "<run>" for fixed-width files, "<run>+entropy" range-coded; 3/6/12 stages in regime a, 2/4/8
@@ -20,7 +21,9 @@ Output, in FOLDER:
                         utilisation, both at the last train row. Then each run's PESQ paired per
                         utterance against the reference run at equal nominal kbps (regime b's
                         runs too): the mean difference, its 5,000-sample bootstrap 95% interval,
-                        utterances better / compared. Then the runs not evaluated yet, and
+                        utterances better / compared. With --replicate, each run both
+                        folders hold paired the same way against its other start. Then the
+                        runs not evaluated yet, and
                         ``codec eval``'s table of every point.
   rate_quality.png      PESQ against real kbps per run, fixed-width files
   utilisation_<r>.png   per run of regime r, the mean over stages of the train rows' utilisation
@@ -146,24 +149,36 @@ def pesq_by_utterance(rows: Sequence[dict]) -> dict[tuple[str, float], dict[str,
     return out
 
 
+def paired(run: dict[str, float], reference: dict[str, float]) -> dict:
+    """One run's PESQ per utterance against another's on the utterances both scored: ``mean``
+    difference, bootstrap interval ``lo``..``hi``, ``better`` (utterances where the run scores
+    higher) and ``n`` (utterances compared)."""
+    diffs = [run[u] - reference[u] for u in sorted(set(run) & set(reference))]
+    m, lo, hi = paired_bootstrap(diffs)
+    return {"mean": m, "lo": lo, "hi": hi, "better": sum(d > 0 for d in diffs), "n": len(diffs)}
+
+
 def paired_rows(rows: Sequence[dict], runs: Sequence[str], reference: str) -> list[dict]:
-    """Per run (not the reference) and nominal kbps, in ``runs`` order: the run's PESQ minus the
-    reference run's at the same nominal kbps on the utterances both scored (fixed-width files),
-    as ``mean``, bootstrap interval ``lo``..``hi``, ``better`` (utterances where the run scores
-    higher) and ``n`` (utterances compared). Nothing where the reference has no rows."""
+    """Per run (not the reference) and nominal kbps, in ``runs`` order: ``paired`` of the run's
+    PESQ against the reference run's at the same nominal kbps (fixed-width files), with ``run``
+    and ``kbps``. Nothing where the reference has no rows."""
     pesq = pesq_by_utterance(rows)
     out = []
     for run in runs:
         for kbps in sorted(k for r, k in pesq if r == run):
             ref = pesq.get((reference, kbps))
-            if run == reference or ref is None:
-                continue
-            common = sorted(set(pesq[(run, kbps)]) & set(ref))
-            diffs = [pesq[(run, kbps)][u] - ref[u] for u in common]
-            m, lo, hi = paired_bootstrap(diffs)
-            out.append({"run": run, "kbps": kbps, "mean": m, "lo": lo, "hi": hi,
-                        "better": sum(d > 0 for d in diffs), "n": len(diffs)})
+            if run != reference and ref is not None:
+                out.append({"run": run, "kbps": kbps, **paired(pesq[(run, kbps)], ref)})
     return out
+
+
+def replicate_rows(rows: Sequence[dict], other: Sequence[dict], runs: Sequence[str]) -> list[dict]:
+    """Per run of ``runs`` that ``other`` (another study folder's rows: the same runs from
+    another start) holds too, and nominal kbps: ``paired`` of this folder's PESQ against the
+    other's, with ``run`` and ``kbps`` (fixed-width files)."""
+    here, there = pesq_by_utterance(rows), pesq_by_utterance(other)
+    return [{"run": run, "kbps": kbps, **paired(here[(run, kbps)], there[(run, kbps)])}
+            for run in runs for kbps in sorted(k for r, k in here if r == run) if (run, kbps) in there]
 
 
 def signed(x: float) -> str:
@@ -197,10 +212,21 @@ def regime_table(regime: str, runs: Sequence[str], points: Sequence[Point], code
     return lines
 
 
+def pair_table(rows: Sequence[dict]) -> list[str]:
+    """The markdown lines of a table of ``paired_rows`` / ``replicate_rows``."""
+    return ["| run | nominal kbps | mean PESQ difference | bootstrap 95% interval | utterances better |",
+            "| --- | ---: | ---: | --- | ---: |",
+            *(f"| {r['run']} | {r['kbps']:g} | {signed(r['mean'])} | {signed(r['lo'])} .. {signed(r['hi'])} "
+              f"| {r['better']}/{r['n']} |" for r in rows)]
+
+
 def markdown(runs: Sequence[str], points: Sequence[Point], codebooks: Sequence[dict], training: dict[str, dict],
-             paired: Sequence[dict], reference: str, everything: str) -> str:
-    """summary.md: the regime tables, the paired differences, the missing runs, then
-    ``everything`` (``codec eval``'s summary of all points, its headings one level down)."""
+             paired: Sequence[dict], reference: str, everything: str,
+             replicated: tuple[str, Sequence[dict]] | None = None) -> str:
+    """summary.md: the regime tables, the paired differences, where ``replicated`` (a folder's
+    name and its ``replicate_rows``) is given the same runs against another start's, the
+    missing runs, then ``everything`` (``codec eval``'s summary of all points, its headings one
+    level down)."""
     lines = ["# Quantizer study", "",
              "PESQ: wide-band mean over test-other with its 95% interval (mean ± 1.96·sd/√n), "
              "fixed-width files unless range-coded. Utilisation min / mean: over the stages, codes "
@@ -212,13 +238,11 @@ def markdown(runs: Sequence[str], points: Sequence[Point], codebooks: Sequence[d
         if mine:
             lines += regime_table(regime, mine, points, codebooks, training) + [""]
     lines += [f"## PESQ paired against {reference} (same utterances, equal nominal kbps, fixed-width files)", ""]
-    if paired:
-        lines += ["| run | nominal kbps | mean PESQ difference | bootstrap 95% interval | utterances better |",
-                  "| --- | ---: | ---: | --- | ---: |"]
-        lines += [f"| {r['run']} | {r['kbps']:g} | {signed(r['mean'])} | {signed(r['lo'])} .. {signed(r['hi'])} "
-                  f"| {r['better']}/{r['n']} |" for r in paired]
-    else:
-        lines.append(f"No pairs: {reference} has not been evaluated.")
+    lines += pair_table(paired) if paired else [f"No pairs: {reference} has not been evaluated."]
+    if replicated is not None:
+        name, rows = replicated
+        lines += ["", f"## The same runs from another start ({name}): PESQ here minus there", ""]
+        lines += pair_table(rows) if rows else [f"No run is in both this folder and {name}."]
     missing = [r for r in STUDY if r not in runs]
     lines += ["", "## Runs not evaluated yet", "",
               f"{len(missing)} of {len(STUDY)}: {', '.join(missing)}." if missing else f"None: all {len(STUDY)} runs."]
@@ -253,15 +277,26 @@ def write_plots(folder: Path, runs: Sequence[str], logs: dict[str, list[dict]], 
     return written
 
 
-def report(folder: Path, reference: str) -> list[str]:
-    """Reads the runs under ``folder`` and writes results.csv, summary.md and the figures into
-    it; returns the names of the runs reported. Raises StudyError when there are none."""
+def read_runs(folder: Path) -> tuple[list[str], list[dict]]:
+    """The runs under ``folder`` (``find_runs``) and all their results.csv rows. Raises
+    StudyError when ``folder`` is not a folder or holds no run."""
     if not folder.is_dir():
         raise StudyError(f"{folder} is not a folder")
     runs = find_runs(folder)
     if not runs:
         raise StudyError(f"no <run>/results.csv under {folder} (runs are named REGIME_KIND_REMEDIES, e.g. a_ema_on)")
-    rows = [r for run in runs for r in read_results(folder / run / "results.csv")]
+    return runs, [r for run in runs for r in read_results(folder / run / "results.csv")]
+
+
+def report(folder: Path, reference: str, replicate: Path | None = None) -> list[str]:
+    """Reads the runs under ``folder`` and writes results.csv, summary.md and the figures into
+    it; ``replicate``: another study folder (the same runs from another start) that summary.md
+    pairs each common run against. Returns the names of the runs reported. Raises StudyError
+    when either folder has no run."""
+    runs, rows = read_runs(folder)
+    replicated = None
+    if replicate is not None:
+        replicated = (replicate.name, replicate_rows(rows, read_runs(replicate)[1], runs))
     codebooks = [c for run in runs for c in read_codebooks(folder / run / "codebooks.csv")]
     logs = {run: read_log(folder / run / "train_log.csv") for run in runs if (folder / run / "train_log.csv").is_file()}
     training = {run: training_summary(log) for run, log in logs.items()}
@@ -271,7 +306,8 @@ def report(folder: Path, reference: str) -> list[str]:
     everything = summary_markdown(points, codebooks, "test-other", len({r["utterance"] for r in rows}), seconds)
     write_results(folder / "results.csv", rows)
     (folder / "summary.md").write_text(
-        markdown(runs, points, codebooks, training, paired_rows(rows, runs, reference), reference, everything))
+        markdown(runs, points, codebooks, training, paired_rows(rows, runs, reference), reference, everything,
+                 replicated))
     figures = write_plots(folder, runs, logs, points)
     print(f"wrote {folder}/results.csv, summary.md, {', '.join(figures)} ({len(runs)} runs)")
     return runs
@@ -284,9 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", type=Path, help="the study's results, e.g. egs/librispeech/results/study")
     p.add_argument("--reference", default="a_ema_on",
                    help="the run paired differences are taken against (default a_ema_on)")
+    p.add_argument("--replicate", type=Path, metavar="FOLDER",
+                   help="another study folder, the same runs from another neutral start: summary.md pairs each"
+                        " run both hold (e.g. egs/librispeech/results/study_first_neutral)")
     args = p.parse_args(argv)
     try:
-        report(args.folder, args.reference)
+        report(args.folder, args.reference, args.replicate)
     except StudyError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
