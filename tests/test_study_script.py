@@ -54,7 +54,7 @@ def test_every_run_of_the_study_maps_to_its_regime_kind_and_remedies() -> None:
         if q.kind != "ema":
             assert (options["restart_after"] > 0) is on
         # the same start, steps, dropout and no schedule of the default recipe left in force
-        assert train.init_from == "exp/neutral/model" and train.init_parts == ["encoder", "decoder"]
+        assert train.init_from == "egs/librispeech/models/study_neutral" and train.init_parts == ["encoder", "decoder"]
         assert train.total_steps == 1500 and train.quantizer_warmup_steps == 0
         assert train.schedules["quantizer"]["dropout"] == [[0, 0.5]]
         assert train.schedules["loss"]["dc"] == [[0, 0.0]] and train.weight_average == 0.0
@@ -67,3 +67,26 @@ def test_a_bad_run_name_ends_with_one_error_line(name: str, message: str) -> Non
     done = dry_run("a_ste_on", name)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [f"study.sh: error: {name}: {message}"]
+
+
+@pytest.mark.parametrize("name", ["a_simvq_off", "b_ema_on"])
+def test_the_committed_neutral_start_gives_each_run_its_encoder_and_decoder(name: str) -> None:
+    """egs/librispeech/models/study_neutral (committed, half precision) loads into float32 and starts a
+    run of either regime: its encoder and decoder are copied exactly, the stack stays fresh."""
+    import torch
+
+    from codec.model import Codec
+    from codec.train.loop import initialise_from
+
+    _, recipe, *rest = shlex.split(dry_run(name).stdout)
+    _, model_cfg, train = load_training_recipe(REPO / recipe, rest[1::2])
+    codec = Codec(model_cfg)
+    fresh = {k: v.clone() for k, v in codec.quantizer.state_dict().items()}
+    assert initialise_from(codec, str(REPO / train.init_from), train.init_parts) == ["encoder", "decoder"]
+    neutral = Codec.from_pretrained(REPO / train.init_from)
+    for part in ("encoder", "decoder"):
+        ours, theirs = getattr(codec, part).state_dict(), getattr(neutral, part).state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+        assert all(v.dtype == torch.float32 for v in ours.values() if v.is_floating_point())
+    assert all(torch.equal(v, fresh[k]) for k, v in codec.quantizer.state_dict().items())

@@ -169,3 +169,13 @@ def test_a_scheduled_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     avg, live = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("avg", "live"))
     assert avg.keys() == a.keys() and all(torch.equal(avg[k], a[k]) for k in a)
     assert any(not torch.equal(live[k], a[k]) for k in a if k.startswith("encoder."))
+    # --float16: the same average rounded to half precision, training state left out, and a
+    # model that loads into float32 (as init_from and the study's neutral start load it)
+    assert subprocess.run([*tool, str(tmp_path / "half"), "--float16"], capture_output=True).returncode == 0
+    half = load_file(str(tmp_path / "half" / "model.safetensors"))
+    assert half.keys() and half.keys() <= a.keys() and any(k not in half for k in a)
+    for key, value in half.items():
+        assert value.dtype == (torch.float16 if a[key].is_floating_point() else a[key].dtype), key
+        assert torch.equal(value, a[key].to(value.dtype)), key
+    loaded = Codec.from_pretrained(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())

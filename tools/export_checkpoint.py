@@ -7,7 +7,9 @@ RUN is a `codec train --out-dir` folder (its recipe.yaml and checkpoints/step_<S
 the model is written with its training state, as `codec train` exports its last step (the
 average of the weights where the run keeps one, `train.weight_average`; `--live` writes the
 optimizer's own weights instead), so
-`codec eval`, `tools/refit_codebooks.py` and `tools/ship_model.py` take it. Bad input ends
+`codec eval`, `tools/refit_codebooks.py` and `tools/ship_model.py` take it. `--float16` writes
+a starting point small enough to commit instead (no training state, weights in half precision,
+loaded into float32: the study's neutral start, egs/librispeech/models/study_neutral). Bad input ends
 with one ``export_checkpoint: error:`` line and exit code 2.
 """
 from __future__ import annotations
@@ -36,9 +38,10 @@ def saved_average(checkpoint: Path) -> dict | None:
     return None
 
 
-def export(run: Path, step: int, out: Path, live: bool = False) -> Path:
+def export(run: Path, step: int, out: Path, live: bool = False, float16: bool = False) -> Path:
     """Write the model of ``run``'s checkpoint ``step`` to ``out`` (its weight average where
-    the run keeps one, unless ``live``); returns ``out``."""
+    the run keeps one, unless ``live``; without training state, in half precision, if
+    ``float16``); returns ``out``."""
     checkpoint = run / "checkpoints" / f"step_{step:08d}"
     weights = checkpoint / "model.safetensors"
     if not weights.is_file():
@@ -51,8 +54,9 @@ def export(run: Path, step: int, out: Path, live: bool = False) -> Path:
     state = {k.removeprefix("codec."): v for k, v in load_file(str(weights)).items()}
     codec.load_state_dict(state, strict=True)
     saved = None if live else saved_average(checkpoint)
+    save = {"training_state": False, "weights_dtype": torch.float16} if float16 else {}
     if saved is None:
-        codec.save_pretrained(out)
+        codec.save_pretrained(out, **save)
         return out
     average = WeightAverage(codec, decay=0.5)  # the decay only matters to updates; none are made here
     try:
@@ -60,7 +64,7 @@ def export(run: Path, step: int, out: Path, live: bool = False) -> Path:
     except KeyError as exc:
         raise ConfigError(f"{checkpoint}: its weight average names a parameter the model lacks: {exc}") from None
     with average.swapped_in(codec):  # as codec train exports its last step
-        codec.save_pretrained(out)
+        codec.save_pretrained(out, **save)
     return out
 
 
@@ -72,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path, help="new model directory")
     p.add_argument("--live", action="store_true",
                    help="the optimizer's own weights, not the run's weight average")
+    p.add_argument("--float16", action="store_true",
+                   help="no training state, weights in half precision: a starting point to commit")
     args = p.parse_args(argv)
     try:
-        export(args.run, args.step, args.out, live=args.live)
+        export(args.run, args.step, args.out, live=args.live, float16=args.float16)
     except (ConfigError, OSError, RuntimeError) as exc:
         print(f"export_checkpoint: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -18,20 +18,24 @@
 # rank of the stage's input every log_every steps). A run with results is skipped; a stopped
 # training resumes.
 #
-# The neutral start (NEUTRAL, default exp/neutral/model): the learn-faster trial
+# The neutral start (NEUTRAL, default egs/librispeech/models/study_neutral, committed: 20 MB, so every
+# run of the study, on any machine, starts from the same weights): the learn-faster trial
 # egs/librispeech/trials/schedule_180.yaml (the default recipe's settings, recipes/speech16k.yaml)
-# at step 8,000, the end of its quantizer-bypassed phase (the stack has not yet been used), exported with
-#   python tools/export_checkpoint.py exp/trials/schedule_180 8000 exp/neutral/model
-# To make it afresh: codec train egs/librispeech/trials/schedule_180.yaml --out-dir exp/neutral_run
-# --set ckpt_every=8000 --set keep_last=2 (stop it after step 8,000; the data and every update
-# are a function of the step, so the checkpoint is the same), then export step 8000 as above.
+# at step 8,000, the end of its quantizer-bypassed phase (the stack has not yet been used),
+# stored without training state in half precision (it loads into float32). It was made with
+#   codec train egs/librispeech/trials/schedule_180.yaml --out-dir exp/neutral_run \
+#     --set train.ckpt_every=1000 --set train.val_every=1000 --set train.keep_last=2
+#   (stopped after step 8,000: nothing before it depends on the later steps)
+#   python tools/export_checkpoint.py exp/neutral_run 8000 egs/librispeech/models/study_neutral --float16
+# Each run's results record the start they came from (neutral.sha256: the weights' SHA-256).
+# EXP (default exp/study) holds the runs; RESULTS (default egs/librispeech/results/study) their results.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
-neutral=${NEUTRAL:-exp/neutral/model}
+neutral=${NEUTRAL:-egs/librispeech/models/study_neutral}
 exp=${EXP:-exp/study}
-results=egs/librispeech/results/study
+results=${RESULTS:-egs/librispeech/results/study}
 data=${LIBRISPEECH:-${CODEC_DATA:-$repo/../shared/data}/LibriSpeech}
 log() { echo "[$(date '+%H:%M:%S')] $1" >&2; }
 die() { echo "study.sh: error: $1" >&2; exit 2; }
@@ -108,4 +112,5 @@ for name in "$@"; do
   awk -F, -v OFS=, -v k="$name" "$rename" "$exp/eval/$name/results.csv" > "$results/$name/results.csv"
   awk -F, -v OFS=, -v k="$name" "$rename" "$exp/eval/$name/codebooks.csv" > "$results/$name/codebooks.csv"
   cp "$exp/$name/log.csv" "$results/$name/train_log.csv"
+  sha256sum "$neutral/model.safetensors" | cut -d' ' -f1 > "$results/$name/neutral.sha256"
 done
