@@ -149,7 +149,7 @@ def pesq_by_utterance(rows: Sequence[dict]) -> dict[tuple[str, float], dict[str,
     return out
 
 
-def paired(run: dict[str, float], reference: dict[str, float]) -> dict:
+def paired_difference(run: dict[str, float], reference: dict[str, float]) -> dict:
     """One run's PESQ per utterance against another's on the utterances both scored: ``mean``
     difference, bootstrap interval ``lo``..``hi``, ``better`` (utterances where the run scores
     higher) and ``n`` (utterances compared)."""
@@ -159,25 +159,25 @@ def paired(run: dict[str, float], reference: dict[str, float]) -> dict:
 
 
 def paired_rows(rows: Sequence[dict], runs: Sequence[str], reference: str) -> list[dict]:
-    """Per run (not the reference) and nominal kbps, in ``runs`` order: ``paired`` of the run's
-    PESQ against the reference run's at the same nominal kbps (fixed-width files), with ``run``
-    and ``kbps``. Nothing where the reference has no rows."""
+    """Per run (not the reference) and nominal kbps, in ``runs`` order: ``paired_difference`` of
+    the run's PESQ against the reference run's at the same nominal kbps (fixed-width files), with
+    ``run`` and ``kbps``. Nothing where the reference has no rows."""
     pesq = pesq_by_utterance(rows)
     out = []
     for run in runs:
         for kbps in sorted(k for r, k in pesq if r == run):
             ref = pesq.get((reference, kbps))
             if run != reference and ref is not None:
-                out.append({"run": run, "kbps": kbps, **paired(pesq[(run, kbps)], ref)})
+                out.append({"run": run, "kbps": kbps, **paired_difference(pesq[(run, kbps)], ref)})
     return out
 
 
 def replicate_rows(rows: Sequence[dict], other: Sequence[dict], runs: Sequence[str]) -> list[dict]:
     """Per run of ``runs`` that ``other`` (another study folder's rows: the same runs from
-    another start) holds too, and nominal kbps: ``paired`` of this folder's PESQ against the
+    another start) holds too, and nominal kbps: ``paired_difference`` of this folder's PESQ against the
     other's, with ``run`` and ``kbps`` (fixed-width files)."""
     here, there = pesq_by_utterance(rows), pesq_by_utterance(other)
-    return [{"run": run, "kbps": kbps, **paired(here[(run, kbps)], there[(run, kbps)])}
+    return [{"run": run, "kbps": kbps, **paired_difference(here[(run, kbps)], there[(run, kbps)])}
             for run in runs for kbps in sorted(k for r, k in here if r == run) if (run, kbps) in there]
 
 
