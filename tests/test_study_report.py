@@ -145,6 +145,40 @@ def test_merges_runs_pairs_them_and_tabulates(study: Path) -> None:
         data = (study / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
     assert not (study / "effective_rank_a.png").exists() and not (study / "norm_spread_a.png").exists()
+    assert not (study / "stage_curves_a.png").exists() and "at every stage count" not in summary
+
+
+def write_stages(folder: Path, run: str, counts: range, bits: int, pesq) -> None:
+    """stages.csv of one run: 4 utterances at each stage count, PESQ pesq(stages) + i / 10."""
+    rows = [{"system": run, "stages": n, "utterance": f"u{i}.flac", "duration_s": 2.0,
+             "nominal_kbps": n * bits * 50 / 1000, "kbps": n * bits * 50 / 1000, "payload_kbps": 0.0,
+             "file_bytes": 0, "payload_bytes": 0, "pesq": pesq(n) + i / 10, "stoi": 0.9,
+             "mel_distance": 0.5, "si_sdr": 10.0} for n in counts for i in range(4)]
+    write_results(folder / run / "stages.csv", rows)
+
+
+def test_every_stage_count_is_tabulated_and_drawn_where_runs_have_it(study: Path) -> None:
+    """a_ema_on and b_ema_on with curves (mean PESQ 1.15 + n / 10 and 1.15 + n / 5), a_ste_off
+    without: a table and a figure per regime, the curve's points in stage order; none merged
+    into results.csv."""
+    tool = load_tool()
+    write_stages(study, "a_ema_on", range(12, 0, -1), 10, lambda n: 1.0 + n / 10)
+    write_stages(study, "b_ema_on", range(1, 9), 15, lambda n: 1.0 + n / 5)
+    assert tool.main([str(study)]) == 0
+    summary = (study / "summary.md").read_text()
+    part = summary.split("## Regime a: mean PESQ at every stage count (4 utterances, stages.csv)")[1].split("\n## ")[0]
+    assert "| run | 1 (0.5 kbps) | 2 (1 kbps) |" in part and "| 12 (6 kbps) |" in part
+    row = next(x for x in part.splitlines() if x.startswith("| a_ema_on |"))
+    assert row == "| a_ema_on | " + " | ".join(f"{1.15 + n / 10:.3f}" for n in range(1, 13)) + " |"
+    assert "a_ste_off" not in part
+    part = summary.split("## Regime b: mean PESQ at every stage count")[1].split("\n## ")[0]
+    assert "| 8 (6 kbps) |" in part and f"| {1.15 + 8 / 5:.3f} |" in part
+    for regime in "ab":
+        data = (study / f"stage_curves_{regime}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert len(read_results(study / "results.csv")) == 15 * 2 + 15 + 15 + 9  # as without curves
+    curve = tool.stage_points(read_results(study / "a_ema_on" / "stages.csv"))["a_ema_on"]
+    assert [p[0] for p in curve] == list(range(1, 13)) and curve[2][1:] == pytest.approx((1.5, 1.45, 4))
 
 
 def test_training_curves_take_the_window_utilisation_where_logged(study: Path) -> None:

@@ -8,7 +8,8 @@ Input: FOLDER/<run>/results.csv for every evaluated run (``codec eval`` on test-
 "<run>" for fixed-width files, "<run>+entropy" range-coded; 3/6/12 stages in regime a, 2/4/8
 in regime b: 1.5, 3 and 6 kbps nominal in both), and where present FOLDER/<run>/codebooks.csv
 (code use per stage over the set, at the full stage count) and FOLDER/<run>/train_log.csv
-(the ``codec train`` log). A run is named REGIME_KIND_REMEDIES (a_ste_off .. b_cosine_on, 28
+(the ``codec train`` log) and FOLDER/<run>/stages.csv (the run at every stage count on a
+subset of the utterances: egs/librispeech/study.sh's rate-quality curve). A run is named REGIME_KIND_REMEDIES (a_ste_off .. b_cosine_on, 28
 in all); other folders are passed over.
 
 Output, in FOLDER:
@@ -25,7 +26,12 @@ Output, in FOLDER:
                         folders hold paired the same way against its other start. Then the
                         runs not evaluated yet, and
                         ``codec eval``'s table of every point.
+                        Where runs have FOLDER/<run>/stages.csv (``codec eval`` at every stage
+                        count on a subset of test-other), a table per regime of mean PESQ at
+                        each stage count.
   rate_quality.png      PESQ against real kbps per run, fixed-width files
+  stage_curves_<r>.png  per run of regime r with a stages.csv, mean PESQ against the nominal
+                        kbps of 1 to all stages (remedies off dashed, a colour per kind)
   utilisation_<r>.png   per run of regime r, the mean over stages of the train rows' utilisation
                         (s<i>_window_utilisation where logged, else s<i>_utilisation) against
                         the step; remedies off dashed, on solid, a colour per kind
@@ -181,6 +187,37 @@ def replicate_rows(rows: Sequence[dict], other: Sequence[dict], runs: Sequence[s
             for run in runs for kbps in sorted(k for r, k in here if r == run) if (run, kbps) in there]
 
 
+def stage_points(stage_rows: Sequence[dict]) -> dict[str, list[tuple[int, float, float, int]]]:
+    """stages.csv rows (fixed-width, one run each) -> run -> (stages, nominal kbps, mean PESQ,
+    utterances) per stage count, in stage order."""
+    by: dict[tuple[str, int], list[dict]] = {}
+    for r in stage_rows:
+        if not r["system"].endswith(ENTROPY_SUFFIX):
+            by.setdefault((r["system"], int(r["stages"])), []).append(r)
+    out: dict[str, list[tuple[int, float, float, int]]] = {}
+    for (run, stages), rs in sorted(by.items()):
+        out.setdefault(run, []).append((stages, rs[0]["nominal_kbps"], mean([r["pesq"] for r in rs]), len(rs)))
+    return out
+
+
+def stage_table(regime: str, runs: Sequence[str], curves: dict[str, list[tuple[int, float, float, int]]]) -> list[str]:
+    """The markdown lines of one regime's PESQ-at-every-stage-count table, a row per run of
+    ``runs`` that has a curve; [] when none has."""
+    mine = [r for r in runs if r in curves]
+    if not mine:
+        return []
+    counts = sorted({p[0] for r in mine for p in curves[r]})
+    kbps = {p[0]: p[1] for r in mine for p in curves[r]}
+    n = sorted({p[3] for r in mine for p in curves[r]})
+    lines = [f"## Regime {regime}: mean PESQ at every stage count ({'/'.join(map(str, n))} utterances, stages.csv)",
+             "", "| run | " + " | ".join(f"{c} ({kbps[c]:g} kbps)" for c in counts) + " |",
+             "| --- |" + " ---: |" * len(counts)]
+    for run in mine:
+        at = {p[0]: p[2] for p in curves[run]}
+        lines.append(f"| {run} | " + " | ".join(fmt(at[c], 3) if c in at else "-" for c in counts) + " |")
+    return lines
+
+
 def signed(x: float) -> str:
     """``x`` with a sign and 3 decimals; 'n/a' for NaN."""
     return f"{x:+.3f}" if math.isfinite(x) else "n/a"
@@ -222,8 +259,10 @@ def pair_table(rows: Sequence[dict]) -> list[str]:
 
 def markdown(runs: Sequence[str], points: Sequence[Point], codebooks: Sequence[dict], training: dict[str, dict],
              paired: Sequence[dict], reference: str, everything: str,
-             replicated: tuple[str, Sequence[dict]] | None = None) -> str:
-    """summary.md: the regime tables, the paired differences, where ``replicated`` (a folder's
+             replicated: tuple[str, Sequence[dict]] | None = None,
+             curves: dict[str, list[tuple[int, float, float, int]]] | None = None) -> str:
+    """summary.md: the regime tables, where ``curves`` (``stage_points``) has runs their
+    PESQ at every stage count, the paired differences, where ``replicated`` (a folder's
     name and its ``replicate_rows``) is given the same runs against another start's, the
     missing runs, then ``everything`` (``codec eval``'s summary of all points, its headings one
     level down)."""
@@ -237,6 +276,9 @@ def markdown(runs: Sequence[str], points: Sequence[Point], codebooks: Sequence[d
         mine = [r for r in runs if parse_run(r)[0] == regime]
         if mine:
             lines += regime_table(regime, mine, points, codebooks, training) + [""]
+    for regime in REGIMES:
+        table = stage_table(regime, [r for r in runs if parse_run(r)[0] == regime], curves or {})
+        lines += table + ([""] if table else [])
     lines += [f"## PESQ paired against {reference} (same utterances, equal nominal kbps, fixed-width files)", ""]
     lines += pair_table(paired) if paired else [f"No pairs: {reference} has not been evaluated."]
     if replicated is not None:
@@ -250,12 +292,23 @@ def markdown(runs: Sequence[str], points: Sequence[Point], codebooks: Sequence[d
     return "\n".join(lines) + "\n"
 
 
-def write_plots(folder: Path, runs: Sequence[str], logs: dict[str, list[dict]], points: Sequence[Point]) -> list[str]:
+def write_plots(folder: Path, runs: Sequence[str], logs: dict[str, list[dict]], points: Sequence[Point],
+                curves: dict[str, list[tuple[int, float, float, int]]] | None = None) -> list[str]:
     """Writes rate_quality.png and, per regime with training logs, utilisation_<r>.png,
     dead_codes_<r>.png and (where logged) effective_rank_<r>.png and norm_spread_<r>.png into
-    ``folder``; returns the names written."""
+    ``folder``, and per regime with ``curves`` (``stage_points``) stage_curves_<r>.png; returns
+    the names written."""
     written = ["rate_quality.png"]
     plots.rate_quality(folder / "rate_quality.png", [p for p in points if not p.system.endswith(ENTROPY_SUFFIX)])
+    for regime in REGIMES:
+        mine = [r for r in runs if parse_run(r)[0] == regime and r in (curves or {})]
+        if mine:
+            lines = [plots.Curve(r, [p[1] for p in curves[r]], [p[2] for p in curves[r]],
+                                 dashed=parse_run(r)[2] == "off", group=parse_run(r)[1]) for r in mine]
+            path = folder / f"stage_curves_{regime}.png"
+            plots.training_curves(path, lines, "PESQ wide-band (mean)",
+                                  f"Regime {regime} ({REGIMES[regime]}): 1 to all stages", xlabel="nominal kbit/s")
+            written.append(path.name)
     figures = (("utilisation", "utilisation (mean over stages)", mean, (0.0, 1.05)),
                ("dead_codes", "dead codes (sum over stages)", sum, None),
                ("effective_rank", "effective rank of the stage input (mean over stages)", mean, None),
@@ -300,6 +353,8 @@ def report(folder: Path, reference: str, replicate: Path | None = None) -> list[
     codebooks = [c for run in runs for c in read_codebooks(folder / run / "codebooks.csv")]
     logs = {run: read_log(folder / run / "train_log.csv") for run in runs if (folder / run / "train_log.csv").is_file()}
     training = {run: training_summary(log) for run, log in logs.items()}
+    curves = stage_points([r for run in runs if (folder / run / "stages.csv").is_file()
+                           for r in read_results(folder / run / "stages.csv")])
     points = aggregate(rows)
     first = rows[0]
     seconds = sum(r["duration_s"] for r in rows if (r["system"], r["stages"]) == (first["system"], first["stages"]))
@@ -307,8 +362,8 @@ def report(folder: Path, reference: str, replicate: Path | None = None) -> list[
     write_results(folder / "results.csv", rows)
     (folder / "summary.md").write_text(
         markdown(runs, points, codebooks, training, paired_rows(rows, runs, reference), reference, everything,
-                 replicated))
-    figures = write_plots(folder, runs, logs, points)
+                 replicated, curves))
+    figures = write_plots(folder, runs, logs, points, curves)
     print(f"wrote {folder}/results.csv, summary.md, {', '.join(figures)} ({len(runs)} runs)")
     return runs
 

@@ -91,10 +91,10 @@ class Curve:
 
 
 def training_curves(path: Path, curves: Sequence[Curve], ylabel: str, title: str,
-                    ylim: tuple[float, float] | None = None) -> None:
-    """Writes a PNG to ``path``: each curve's values against the training step, one line a
-    curve, a colour a group (in first-seen order), dashed where the curve asks; ``ylim`` fixes
-    the vertical range (matplotlib's own otherwise)."""
+                    ylim: tuple[float, float] | None = None, xlabel: str = "training step") -> None:
+    """Writes a PNG to ``path``: each curve's values against the training step (or whatever
+    ``xlabel`` names), one line a curve, a colour a group (in first-seen order), dashed where
+    the curve asks; ``ylim`` fixes the vertical range (matplotlib's own otherwise)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -104,7 +104,7 @@ def training_curves(path: Path, curves: Sequence[Curve], ylabel: str, title: str
                 color=colours[groups.index(c.group) % len(colours)])
     if ylim is not None:
         ax.set_ylim(*ylim)
-    ax.set_xlabel("training step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

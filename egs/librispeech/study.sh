@@ -15,7 +15,8 @@
 # utterances at 1.5, 3 and 6 kbps (a: 3, 6, 12 stages; b: 2, 4, 8), fixed-width and range-coded
 # (priors from 500 train-clean-100 files); results land in egs/librispeech/results/study/<run>/
 # with the training log (per-stage perplexity, utilisation, dead codes, norm spread, effective
-# rank of the stage's input every log_every steps). A run with results is skipped; a stopped
+# rank of the stage's input every log_every steps). Then each run's rate-quality curve at every
+# stage count (1 to 12, or 1 to 8) on 25 of those utterances: stages.csv. A run with results is skipped; a stopped
 # training resumes.
 #
 # The neutral start (NEUTRAL, default egs/librispeech/models/study_neutral, committed: 20 MB, so every
@@ -68,6 +69,7 @@ run_args() {
 }
 
 stages_of() { case $1 in a_*) echo 3,6,12 ;; b_*) echo 2,4,8 ;; esac; }
+every_stage() { case $1 in a_*) seq -s, 1 12 ;; b_*) seq -s, 1 8 ;; esac; }
 
 for name in "$@"; do run_args "$name"; done   # every name checked before anything starts
 if [ -n "${DRY_RUN:-}" ]; then   # print each run's training arguments, one line a run, and stop
@@ -96,6 +98,8 @@ for name in "$@"; do
 done
 for pid in "${pids[@]}"; do wait "$pid" || die "a training failed (see $exp/*.train.log)"; done
 
+# codec eval names a system by its folder ("model"); the merged tables need the run's name
+rename='NR == 1 {print; next} {sub(/^model/, k, $1); print}'
 for name in "$@"; do
   [ -f "$results/$name/results.csv" ] && continue
   model=$exp/$name/model
@@ -107,10 +111,23 @@ for name in "$@"; do
   python -m codec eval "$model" --data "$data/test-other" --stages "$(stages_of "$name")" --opus none \
     --entropy --jobs 2 --out "$exp/eval/$name"
   mkdir -p "$results/$name"
-  # codec eval names a system by its folder ("model"); the merged tables need the run's name
-  rename='NR == 1 {print; next} {sub(/^model/, k, $1); print}'
   awk -F, -v OFS=, -v k="$name" "$rename" "$exp/eval/$name/results.csv" > "$results/$name/results.csv"
   awk -F, -v OFS=, -v k="$name" "$rename" "$exp/eval/$name/codebooks.csv" > "$results/$name/codebooks.csv"
   cp "$exp/$name/log.csv" "$results/$name/train_log.csv"
   sha256sum "$neutral/model.safetensors" | cut -d' ' -f1 > "$results/$name/neutral.sha256"
+done
+
+# The rate-quality curve at every stage count (1 to all), on CURVE_FILES (default 25) test-other
+# utterances spread over the speakers: the shape between the full set's three points, at a
+# quarter of the cost. Runs whose stages.csv is there are skipped; a run scored before this step
+# existed gets its curve from its model in $exp, where that is still present.
+for name in "$@"; do
+  [ -f "$results/$name/stages.csv" ] && continue
+  model=$exp/$name/model
+  [ -f "$model/config.json" ] || { log "$name: no model in $exp, no stage curve"; continue; }
+  log "$name: every stage count -> $exp/stages/$name"
+  python -m codec eval "$model" --data "$data/test-other" --stages "$(every_stage "$name")" --opus none \
+    --limit "${CURVE_FILES:-25}" --listen 0 --jobs 2 --out "$exp/stages/$name"
+  mkdir -p "$results/$name"
+  awk -F, -v OFS=, -v k="$name" "$rename" "$exp/stages/$name/results.csv" > "$results/$name/stages.csv"
 done
