@@ -125,16 +125,19 @@ def test_merges_runs_pairs_them_and_tabulates(study: Path) -> None:
     assert f"{half:.3f}" == "0.139"
     ref = table_row(summary, "ema", "on", "## Regime a")
     assert ref == ["ema", "on", "1.700 ± 0.139", "2.200 ± 0.139", "2.700 ± 0.139", "2.700 ± 0.139", "5.00",
-                   "0.900", "12.00", "1.000", "1.000", "-", "-", "-", "-"]
+                   "0.900", "12.00", "1.000", "1.000", "-", "-", "-", "-", "-", "-"]
     ste = table_row(summary, "ste", "off", "## Regime a")
     # utilisation on the set 0.5 x 6 and 1.0 x 6; log: last step 150, speeds 10/20/30, at the last
-    # train row 2 dead codes x 12 stages and stage 12 at 0.6 (the valid row is not counted)
+    # train row 2 dead codes x 12 stages and stage 12 at 0.6 (the valid row is not counted); no
+    # effective rank logged; the valid row's PESQ 2.5, no unquantized PESQ
     assert ste == ["ste", "off", "1.800 ± 0.139", "2.300 ± 0.139", "2.800 ± 0.139", "-", "-",
-                   "0.900", "12.00", "0.500", "0.750", "150", "20.0", "24", "0.600"]
+                   "0.900", "12.00", "0.500", "0.750", "150", "20.0", "24", "0.600", "n/a -> n/a",
+                   "2.50 / n/a"]
     b = table_row(summary, "ema", "on", "## Regime b")
-    # window utilisation 0.5/1.0 alternating at step 200 (the batch's 0.1 is not used), 2 dead x 8
+    # window utilisation 0.5/1.0 alternating at step 200 (the batch's 0.1 is not used), 2 dead x 8,
+    # stage 1's effective rank 4 then 8, no validation row
     assert b == ["ema", "on", "1.500 ± 0.139", "2.000 ± 0.139", "2.500 ± 0.139", "-", "-",
-                 "0.900", "12.00", "-", "-", "200", "4.0", "16", "0.500"]
+                 "0.900", "12.00", "-", "-", "200", "4.0", "16", "0.500", "4.0 -> 8.0", "n/a / n/a"]
     assert table_row(summary, "cosine", "on", "## Regime a")[2] == "1.633 ± 0.173"  # 1.8, 1.5, 1.6
     assert "24 of 28: a_ste_on, a_ema_off, a_simvq_off," in summary and "b_cosine_off, b_cosine_on." in summary
     assert "a_ste_off, " not in summary.split("## Runs not evaluated yet")[1].split("\n#")[0]

@@ -19,7 +19,9 @@ Output, in FOLDER:
                         6 kbps, utilisation over test-other (min and mean over stages), and from
                         the training log: steps, mean training speed (s of audio per s; the log
                         holds no wall time), dead codes summed over stages and the lowest stage
-                        utilisation, both at the last train row. Then each run's PESQ paired per
+                        utilisation, both at the last train row, the effective rank of the
+                        encoder's output (stage 1's input) at the first and last train rows,
+                        and the last validation row's PESQ, quantized / unquantized. Then each run's PESQ paired per
                         utterance against the reference run at equal nominal kbps (regime b's
                         runs too): the mean difference, its 5,000-sample bootstrap 95% interval,
                         utterances better / compared. With --replicate, each run both
@@ -138,12 +140,20 @@ def training_summary(log: Sequence[dict[str, str]]) -> dict:
     """From one training log: ``steps`` (the last step logged), ``speed`` (mean s of audio per
     s over the train rows), ``dead`` (dead codes summed over stages) and ``min_util`` (the
     lowest stage's utilisation, ``utilisation_quantity``) at the last train row that has them;
-    NaN where the log has none."""
+    ``rank`` (first, last): the effective rank of stage 1's input (the encoder's output) at the
+    first and last train rows that have it; ``valid`` (PESQ, PESQ unquantized) at the last
+    validation row. NaN where the log has none."""
     speeds = [float(r["audio_s_per_s"]) for r in log if r.get("split") == "train" and r.get("audio_s_per_s")]
     dead = stage_curve(log, "dead_codes", sum)[1]
     util = stage_curve(log, utilisation_quantity(log), min)[1]
+    rank = stage_curve(log, "effective_rank", lambda v: v[0])[1]
+    valid = [r for r in log if r.get("split") == "valid"]
+    number = (lambda row, key: float(row[key]) if row.get(key) not in ("", None) else math.nan)
     return {"steps": max((int(r["step"]) for r in log), default=0), "speed": mean(speeds),
-            "dead": dead[-1] if dead else math.nan, "min_util": util[-1] if util else math.nan}
+            "dead": dead[-1] if dead else math.nan, "min_util": util[-1] if util else math.nan,
+            "rank": (rank[0], rank[-1]) if rank else (math.nan, math.nan),
+            "valid": (number(valid[-1], "pesq"), number(valid[-1], "pesq_unquantized")) if valid
+            else (math.nan, math.nan)}
 
 
 def pesq_by_utterance(rows: Sequence[dict]) -> dict[tuple[str, float], dict[str, float]]:
@@ -231,8 +241,9 @@ def regime_table(regime: str, runs: Sequence[str], points: Sequence[Point], code
     lines = [f"## Regime {regime}: {REGIMES[regime]}", "",
              "| kind | remedies | PESQ 1.5 kbps | PESQ 3 kbps | PESQ 6 kbps | PESQ 6 kbps range-coded "
              "| range-coded kbps | STOI 6 kbps | SI-SDR 6 kbps dB | utilisation min | utilisation mean "
-             "| steps | s of audio per s | dead codes at end | min utilisation at end |",
-             "| --- | --- |" + " ---: |" * 13]
+             "| steps | s of audio per s | dead codes at end | min utilisation at end "
+             "| encoder output rank first -> last | validation PESQ / unquantized |",
+             "| --- | --- |" + " ---: |" * 15]
     for run in runs:
         _, kind, remedies = parse_run(run)
         fixed = [at.get((run, k)) for k in NOMINAL_KBPS]
@@ -244,7 +255,9 @@ def regime_table(regime: str, runs: Sequence[str], points: Sequence[Point], code
                  fmt(top.means["stoi"][0], 3) if top else "-", fmt(top.means["si_sdr"][0], 2) if top else "-",
                  fmt(min(util), 3) if util else "-", fmt(mean(util), 3) if util else "-",
                  str(t["steps"]) if t else "-", fmt(t["speed"], 1) if t else "-",
-                 fmt(t["dead"], 0) if t else "-", fmt(t["min_util"], 3) if t else "-"]
+                 fmt(t["dead"], 0) if t else "-", fmt(t["min_util"], 3) if t else "-",
+                 " -> ".join(fmt(v, 1) for v in t["rank"]) if t else "-",
+                 " / ".join(fmt(v, 2) for v in t["valid"]) if t else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
