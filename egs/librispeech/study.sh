@@ -16,8 +16,8 @@
 # (priors from 500 train-clean-100 files); results land in egs/librispeech/results/study/<run>/
 # with the training log (per-stage perplexity, utilisation, dead codes, norm spread, effective
 # rank of the stage's input every log_every steps). Then each run's rate-quality curve at every
-# stage count (1 to 12, or 1 to 8) on 25 of those utterances: stages.csv. A run with results is skipped; a stopped
-# training resumes.
+# stage count (1 to 12, or 1 to 8) on CURVE_FILES (25) of those utterances: stages.csv. A run
+# with results is skipped; a stopped training resumes.
 #
 # The neutral start (NEUTRAL, default egs/librispeech/models/study_neutral, committed: 20 MB, so every
 # run of the study, on any machine, starts from the same weights): the learn-faster trial
