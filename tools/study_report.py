@@ -9,8 +9,8 @@ Input: FOLDER/<run>/results.csv for every evaluated run (``codec eval`` on test-
 in regime b: 1.5, 3 and 6 kbps nominal in both), and where present FOLDER/<run>/codebooks.csv
 (code use per stage over the set, at the full stage count) and FOLDER/<run>/train_log.csv
 (the ``codec train`` log) and FOLDER/<run>/stages.csv (the run at every stage count on a
-subset of the utterances: egs/librispeech/study.sh's rate-quality curve). A run is named REGIME_KIND_REMEDIES (a_ste_off .. b_cosine_on, 28
-in all); other folders are passed over.
+subset of the utterances: egs/librispeech/study.sh's rate-quality curve). A run is named
+REGIME_KIND_REMEDIES (a_ste_off .. b_cosine_on, 28 in all); other folders are passed over.
 
 Output, in FOLDER:
   results.csv           every run's rows
@@ -21,8 +21,8 @@ Output, in FOLDER:
                         holds no wall time), dead codes summed over stages and the lowest stage
                         utilisation, both at the last train row, the effective rank of the
                         encoder's output (stage 1's input) at the first and last train rows,
-                        and the last validation row's PESQ, quantized / unquantized. Then each run's PESQ paired per
-                        utterance against the reference run at equal nominal kbps (regime b's
+                        and the last validation row's PESQ, quantized / unquantized. Then each
+                        run's PESQ paired per utterance against the reference run at equal nominal kbps (regime b's
                         runs too): the mean difference, its 5,000-sample bootstrap 95% interval,
                         utterances better / compared. With --replicate, each run both
                         folders hold paired the same way against its other start. Then the
@@ -199,14 +199,11 @@ def replicate_rows(rows: Sequence[dict], other: Sequence[dict], runs: Sequence[s
 
 def stage_points(stage_rows: Sequence[dict]) -> dict[str, list[tuple[int, float, float, int]]]:
     """stages.csv rows (fixed-width, one run each) -> run -> (stages, nominal kbps, mean PESQ,
-    utterances) per stage count, in stage order."""
-    by: dict[tuple[str, int], list[dict]] = {}
-    for r in stage_rows:
-        if not r["system"].endswith(ENTROPY_SUFFIX):
-            by.setdefault((r["system"], int(r["stages"])), []).append(r)
+    utterances) per stage count, in stage order (``aggregate``'s points)."""
     out: dict[str, list[tuple[int, float, float, int]]] = {}
-    for (run, stages), rs in sorted(by.items()):
-        out.setdefault(run, []).append((stages, rs[0]["nominal_kbps"], mean([r["pesq"] for r in rs]), len(rs)))
+    fixed = aggregate([r for r in stage_rows if not r["system"].endswith(ENTROPY_SUFFIX)])
+    for p in sorted(fixed, key=lambda p: (p.system, p.stages)):
+        out.setdefault(p.system, []).append((p.stages, p.nominal_kbps, p.means["pesq"][0], p.utterances))
     return out
 
 
