@@ -236,10 +236,10 @@ def regime_table(regime: str, runs: Sequence[str], points: Sequence[Point], code
     '-' where a run lacks the point, codebooks.csv or training log."""
     at = {(p.system, round(p.nominal_kbps, 3)): p for p in points}
     lines = [f"## Regime {regime}: {REGIMES[regime]}", "",
-             "| kind | remedies | PESQ 1.5 kbps | PESQ 3 kbps | PESQ 6 kbps | PESQ 6 kbps range-coded "
-             "| range-coded kbps | STOI 6 kbps | SI-SDR 6 kbps dB | utilisation min | utilisation mean "
-             "| steps | s of audio per s | dead codes at end | min utilisation at end "
-             "| encoder output rank first -> last | validation PESQ / unquantized |",
+             ("| kind | remedies | PESQ 1.5 kbps | PESQ 3 kbps | PESQ 6 kbps | PESQ 6 kbps range-coded "
+              "| range-coded kbps | STOI 6 kbps | SI-SDR 6 kbps dB | utilisation min | utilisation mean "
+              "| steps | s of audio per s | dead codes at end | min utilisation at end "
+              "| encoder output rank first -> last | validation PESQ / unquantized |"),
              "| --- | --- |" + " ---: |" * 15]
     for run in runs:
         _, kind, remedies = parse_run(run)
